@@ -1,0 +1,41 @@
+# digitsum: `make serve` starts the service on the shipped model; `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+DATA_DIR ?= data
+
+.PHONY: install serve test lint typecheck pytest train evaluate bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip==26.3
+	$(PY) -m pip install -q -e '.[train,dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(PY) -m app
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check app training tests
+	$(VENV)/bin/ruff format --check app training tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+train: $(STAMP)
+	$(PY) -m training --data-dir $(DATA_DIR) $(TRAIN_ARGS)
+
+evaluate: $(STAMP)
+	$(PY) -m training.evaluate models/digitsum.pt --data-dir $(DATA_DIR)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache runs

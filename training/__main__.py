@@ -1,0 +1,5 @@
+"""python -m training --help"""
+
+from training.train import main
+
+raise SystemExit(main())
