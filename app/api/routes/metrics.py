@@ -1,0 +1,19 @@
+"""GET /metrics: Prometheus text format from prometheus-client."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api.deps import ServiceDep
+from app.metrics import QUEUE_DEPTH, REGISTRY
+
+router = APIRouter(tags=["monitoring"])
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
+async def prometheus_metrics(service: ServiceDep) -> Response:
+    if service.batcher is not None:
+        QUEUE_DEPTH.set(service.batcher.depth)
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,78 @@
+"""Settings: every knob of the service, from DIGITSUM_* environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Read once per process; a bad value stops start-up with a message naming the variable."""
+
+    model_config = SettingsConfigDict(env_prefix="DIGITSUM_", frozen=True, extra="ignore")
+
+    model_path: Path = Field(Path("models/digitsum.pt"), description="TorchScript checkpoint")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, one model each")
+    torch_threads: int = Field(0, ge=0, description="intra-op threads; 0 = CPUs available / workers")
+    preprocess_threads: int = Field(0, ge=0, description="image decoding pool; 0 = CPUs available")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="request body limit")
+    max_image_pixels: int = Field(25_000_000, ge=784, description="refused before decoding above")
+    max_batch_images: int = Field(256, ge=1, le=4096, description="images per /predict/batch")
+    batch_max_size: int = Field(64, ge=1, le=4096, description="largest forward pass the batcher forms")
+    batch_max_wait_ms: float = Field(0.0, ge=0, le=1000, description="wait to fill a batch; 0 = never")
+    max_queue: int = Field(512, ge=1, description="queued images beyond which requests get 503")
+    inference_timeout_s: float = Field(10.0, gt=0, description="longest wait for a prediction")
+    body_timeout_s: float = Field(10.0, gt=0, description="longest pause while receiving a body")
+    drain_delay_s: float = Field(0.0, ge=0, le=300, description="503 on readiness before closing")
+    graceful_timeout_s: float = Field(20.0, ge=0, le=600, description="in-flight requests' deadline")
+    keepalive_s: int = Field(75, ge=1, description="idle keep-alive; above load balancers' 60 s")
+    forwarded_allow_ips: str = "127.0.0.1"
+    cors_origins: list[str] = Field(default_factory=list, description="JSON list; empty = closed")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2/v1 CPU quota."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def _cgroup_quota() -> float | None:
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        limit, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        limit = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if limit <= 0 else limit / period
+    except (OSError, ValueError):
+        return None
+
+
+def torch_threads_for(settings: Settings) -> int:
+    """Intra-op threads so that threads x workers never exceeds the CPUs we may use."""
+    return settings.torch_threads or max(1, available_cpus() // settings.workers)

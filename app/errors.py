@@ -1,0 +1,135 @@
+"""Our exceptions, and the one place that maps every failure to a JSON answer of one shape.
+
+    {"error": {"code": "invalid_image", "message": "...", "field": "image", "request_id": "..."}}
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("digitsum")
+
+
+class ServiceError(Exception):
+    """A failure with a stable code, an HTTP status and a message safe to show the caller."""
+
+    status = 500
+    code = "internal_error"
+    retry_after: int | None = None
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidImage(ServiceError):
+    status, code = 400, "invalid_image"
+
+
+class ImageTooLarge(ServiceError):
+    status, code = 400, "image_too_large"
+
+
+class UnsupportedFormat(ServiceError):
+    status, code = 415, "unsupported_format"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class BodyTimeout(ServiceError):
+    status, code = 408, "request_timeout"
+
+
+class Overloaded(ServiceError):
+    status, code, retry_after = 503, "overloaded", 1
+
+
+class NotReady(ServiceError):
+    status, code, retry_after = 503, "not_ready", 2
+
+
+class Draining(ServiceError):
+    status, code, retry_after = 503, "draining", 5
+
+
+class InferenceTimeout(ServiceError):
+    status, code, retry_after = 503, "inference_timeout", 1
+
+
+class ModelLoadError(RuntimeError):
+    """The checkpoint is missing, corrupt or not ours: start-up stops with this message."""
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "-"))
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    retry_after: int | None = None,
+) -> JSONResponse:
+    from app import metrics  # late: metrics imports nothing of ours, keep errors importable alone
+
+    metrics.ERRORS.labels(code).inc()
+    body = {"error": {"code": code, "message": message, "field": field,
+                      "request_id": request_id_of(request)}}
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field_of(loc: tuple[int | str, ...]) -> str | None:
+    # ("body", "number") -> "number"; ("query", "include_input") -> "include_input"
+    names = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
+    return ".".join(names) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception to the one JSON shape; unknown ones are logged with a traceback."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(request, exc.status, exc.code, exc.message, exc.field, exc.retry_after)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        field = _field_of(tuple(first.get("loc", ())))
+        detail = str(first.get("msg", "invalid request"))
+        message = f"{field}: {detail}" if field else detail
+        return error_response(request, 422, "validation_error", message, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        response = error_response(request, exc.status_code, code, str(exc.detail))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"request_id": request_id_of(request)})
+        return error_response(request, 500, "internal_error",
+                              "internal error; quote the request id when reporting it")

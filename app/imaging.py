@@ -1,0 +1,194 @@
+"""Bytes of an uploaded image -> the (1, 28, 28) float tensor the model reads, made like MNIST.
+
+MNIST digits are white on black, cropped to their ink, scaled to fit 20x20 keeping the aspect
+ratio, and placed in 28x28 with their centre of mass at the centre. A photo of a digit on paper
+goes through the same steps after its polarity is detected and the paper's grey is removed, so
+it reaches the model in the form the model was trained on. No FastAPI imports here.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from app.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+
+# (magic bytes at offset 0, Pillow format). WebP is RIFF....WEBP, checked apart.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+)
+# Image formats we recognise but do not accept (answered 415 rather than "not an image").
+_OTHER_IMAGE_SIGNATURES = (
+    b"II*\x00", b"MM\x00*",  # TIFF
+    b"\x00\x00\x01\x00",  # ICO
+    b"8BPS",  # Photoshop
+    b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
+    b"%!PS", b"%PDF",
+    b"\x00\x00\x00\x1cftypavif", b"\x00\x00\x00\x20ftypavif", b"\x00\x00\x00\x18ftypheic",
+    b"qoif", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"<svg", b"<?xml",
+)
+
+SIZE = 28  # the model's input side
+BOX = 20  # MNIST scales each digit to fit this box
+CENTRE = 14.0  # where MNIST puts a digit's centre of mass (row, column)
+INK_THRESHOLD = 0.05  # below this (after background removal) a pixel is paper, not ink
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """What the model sees: (1, 28, 28) float32 in [0, 1], white digit on black."""
+
+    tensor: torch.Tensor
+    source_format: str
+    source_size: tuple[int, int]
+    inverted: bool
+
+    def to_png_base64(self) -> str:
+        """The 28x28 input as a base64 PNG, to show a person what the model saw."""
+        pixels = (self.tensor[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def sniff_format(data: bytes) -> str:
+    """The allowed format named by the file's first bytes, or raise before any decoder runs."""
+    if not data:
+        raise InvalidImage("the uploaded file is empty", field="image")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, fmt in _SIGNATURES:
+        if data.startswith(magic):
+            return fmt
+    if any(data.startswith(magic) for magic in _OTHER_IMAGE_SIGNATURES):
+        raise UnsupportedFormat(
+            f"image format not accepted; send one of {', '.join(ALLOWED_FORMATS)}", field="image"
+        )
+    raise InvalidImage(
+        f"the uploaded file is not an image (accepted: {', '.join(ALLOWED_FORMATS)})", field="image"
+    )
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode `data` with the one decoder its signature names, refusing huge images first."""
+    fmt = sniff_format(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
+            width, height = image.size
+            if width < 1 or height < 1 or width * height > max_pixels:
+                raise ImageTooLarge(
+                    f"image is {width}x{height} pixels; the limit is {max_pixels:,} pixels",
+                    field="image",
+                )
+            image.seek(0)  # first frame of an animation
+            image.load()
+    except (ImageTooLarge, UnsupportedFormat):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge("image dimensions are too large to decode", field="image") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        raise InvalidImage(f"cannot decode the {fmt} image: it is truncated or corrupt",
+                           field="image") from exc
+    return image
+
+
+def _luminance_and_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Grey levels (H, W) float32 in [0, 1] and alpha (H, W) in [0, 1] when there is any."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(image.convert("I"), dtype=np.float32) / 65535.0
+        return np.clip(grey, 0.0, 1.0), None
+    if image.mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float32) / 255.0, 0.0, 1.0), None
+    has_alpha = "A" in image.getbands() or "transparency" in image.info
+    if image.mode == "CMYK":
+        image = image.convert("RGB")
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+        grey = np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0
+        return grey, alpha
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0, None
+
+
+def _composite(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Flatten transparency onto the background that contrasts with the ink.
+
+    Dark strokes on a transparent canvas go onto white paper, light strokes onto black.
+    """
+    opaque = alpha > 0.5
+    ink_is_dark = bool(opaque.any()) and float(grey[opaque].mean()) < 0.5
+    background = 1.0 if ink_is_dark else 0.0
+    return grey * alpha + background * (1.0 - alpha)
+
+
+def _to_white_on_black(grey: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Invert dark-on-light images and remove the background's level; returns (image, inverted)."""
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    inverted = float(np.median(border)) > 0.5
+    if inverted:
+        grey = 1.0 - grey
+        border = 1.0 - border
+    # Paper is rarely uniform: treat the border's 90th percentile as "no ink". For MNIST the
+    # border is exactly 0 and this is the identity.
+    background = float(np.quantile(border, 0.9))
+    peak = float(grey.max())
+    if background > 0.0 and peak > background:
+        grey = np.clip((grey - background) / (peak - background), 0.0, 1.0)
+    return grey, inverted
+
+
+def _centre_like_mnist(grey: np.ndarray) -> np.ndarray:
+    """Crop to ink, fit in 20x20 keeping the aspect ratio, centre by centre of mass in 28x28."""
+    ink = grey > INK_THRESHOLD
+    if not ink.any():
+        return np.zeros((SIZE, SIZE), dtype=np.float32)  # a blank page: the model says what it says
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    crop = grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = crop.shape
+    scale = BOX / max(h, w)
+    if scale != 1.0:
+        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+        resized = Image.fromarray(crop, mode="F").resize((new_w, new_h), Image.Resampling.LANCZOS)
+        crop = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+        h, w = crop.shape
+    total = float(crop.sum())
+    if total > 0:
+        cy = float((crop.sum(axis=1) * np.arange(h)).sum()) / total
+        cx = float((crop.sum(axis=0) * np.arange(w)).sum()) / total
+    else:
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+    # MNIST's centres of mass sit at (14.0, 14.0) on average (measured on its test set); shift
+    # by whole pixels as MNIST did, keeping the box inside the frame.
+    top = int(np.clip(round(CENTRE - cy), 0, SIZE - h))
+    left = int(np.clip(round(CENTRE - cx), 0, SIZE - w))
+    out = np.zeros((SIZE, SIZE), dtype=np.float32)
+    out[top : top + h, left : left + w] = crop
+    return out
+
+
+def prepare_image(data: bytes, max_pixels: int) -> PreparedImage:
+    """The whole path from upload bytes to the model's input; raises our 4xx errors."""
+    image = open_image(data, max_pixels)
+    source_format, source_size = str(image.format), image.size
+    image = ImageOps.exif_transpose(image) or image
+    grey, alpha = _luminance_and_alpha(image)
+    if alpha is not None:
+        grey = _composite(grey, alpha)
+    grey, inverted = _to_white_on_black(grey)
+    pixels = _centre_like_mnist(grey)
+    tensor = torch.from_numpy(pixels).unsqueeze(0)  # (1, 28, 28)
+    return PreparedImage(tensor, source_format, source_size, inverted)

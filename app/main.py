@@ -1,0 +1,101 @@
+"""create_app(): lifespan, middleware, routers and error handlers. No logic lives here.
+
+    uvicorn app.main:app      # or `python -m app` (our launcher: drain on SIGTERM, workers)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib.metadata import version as package_version
+
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api.routes import health, metrics, model, predict
+from app.config import Settings, available_cpus, get_settings, torch_threads_for
+from app.errors import ModelLoadError, install_error_handlers
+from app.inference import DynamicBatcher, load_model, resolve_device, warm_up
+from app.middleware import RequestContextMiddleware
+from app.state import Phase, ServiceState
+
+log = logging.getLogger("digitsum")
+
+DESCRIPTION = """
+Send an image of a handwritten digit and a number 0..9; get back the digit and the sum, both
+predicted by the network (the sum by its own sum head, not by adding afterwards).
+
+Errors always have the shape `{"error": {"code", "message", "field", "request_id"}}`.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the model once per process, warm it up, start the batcher; drain on the way out."""
+    service: ServiceState = app.state.service
+    settings = service.settings
+    threads = torch_threads_for(settings)
+    torch.set_num_threads(threads)
+    try:
+        device = resolve_device(settings.device)
+        model = await asyncio.to_thread(load_model, settings.model_path, device)
+    except ModelLoadError as exc:
+        log.error("cannot start: %s", exc)
+        raise
+    await asyncio.to_thread(warm_up, model, settings.batch_max_size)
+    batcher = DynamicBatcher(
+        model, max_size=settings.batch_max_size, max_wait_s=settings.batch_max_wait_ms / 1e3,
+        max_queue=settings.max_queue, timeout_s=settings.inference_timeout_s,
+    )
+    batcher.start()
+    pool = ThreadPoolExecutor(
+        max_workers=settings.preprocess_threads or available_cpus(), thread_name_prefix="decode"
+    )
+    service.model, service.batcher, service.preprocess_pool = model, batcher, pool
+    service.set_phase(Phase.READY)
+    log.info("ready", extra={"model": str(settings.model_path), "version": model.version,
+                             "device": str(device), "torch_threads": threads,
+                             "sha256": model.sha256[:16]})
+    try:
+        yield
+    finally:
+        service.begin_drain()
+        await batcher.stop()
+        pool.shutdown(wait=True)
+        log.info("stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI app; nothing is loaded until the lifespan starts."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="digitsum",
+        version=package_version("digitsum"),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.service = ServiceState(settings)
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["*"],
+                           expose_headers=["X-Request-ID", "Retry-After"])
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_upload_bytes,
+                       body_timeout_s=settings.body_timeout_s)
+    for router in (predict.router, health.router, model.router, metrics.router):
+        app.include_router(router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `app.main:app` is built on first access, not at import, so importing this module reads no
+    # settings and loads nothing.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,121 @@
+"""One pure-ASGI middleware around every request: request id, body limits, metrics, access log.
+
+Pure ASGI (not BaseHTTPMiddleware) so that it adds microseconds, not a task per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import metrics
+from app.errors import BodyTimeout, PayloadTooLarge
+
+access_log = logging.getLogger("digitsum.access")
+
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class RequestContextMiddleware:
+    """Tags each request with an id (echoed as X-Request-ID), enforces the body size limit and a
+    per-chunk body timeout without reading more than the limit, and records metrics and one
+    structured access-log line."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        client_id = _header(scope, b"x-request-id")
+        request_id = (
+            client_id if client_id and _SAFE_REQUEST_ID.fullmatch(client_id) else uuid.uuid4().hex
+        )
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+            await send(message)
+
+        received, body_done = 0, False
+
+        async def receive_limited() -> Message:
+            nonlocal received, body_done
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout(self.body_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(
+                    f"the request body stalled for over {self.body_timeout_s:g} s"
+                ) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise PayloadTooLarge(self._too_large_message())
+                body_done = not message.get("more_body", False)
+            return message
+
+        try:
+            declared = _header(scope, b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                await self._refuse_too_large(scope, receive, send_with_id, request_id)
+            else:
+                await self.app(scope, receive_limited, send_with_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - started, request_id)
+
+    def _too_large_message(self) -> str:
+        return f"request body over the limit of {self.max_body_bytes:,} bytes"
+
+    async def _refuse_too_large(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        # Answer from the headers alone; the body is never read, and the connection is closed.
+        metrics.ERRORS.labels(PayloadTooLarge.code).inc()
+        response = JSONResponse(
+            {"error": {"code": PayloadTooLarge.code, "message": self._too_large_message(),
+                       "field": None, "request_id": request_id}},
+            status_code=413, headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+    @staticmethod
+    def _record(scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"
+        method = scope["method"]
+        metrics.REQUESTS.labels(path, method, str(status)).inc()
+        metrics.REQUEST_SECONDS.labels(path, method, str(status)).observe(seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            client = scope.get("client")
+            access_log.info(
+                "%s %s %d %.1fms", method, scope["path"], status, seconds * 1e3,
+                extra={"request_id": request_id, "status": status, "method": method,
+                       "path": scope["path"], "route": path,
+                       "duration_ms": round(seconds * 1e3, 3),
+                       "client": f"{client[0]}:{client[1]}" if client else None},
+            )

@@ -1,0 +1,95 @@
+"""Request and response models of the API, with the examples shown in /docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PredictResponse(BaseModel):
+    """The network's answer for one (image, number) pair."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "digit": 7, "digit_confidence": 0.9998, "sum": 12, "sum_confidence": 0.9997,
+        "number": 5, "consistent": True, "model_version": "1.0.0",
+    }]})
+
+    digit: int = Field(ge=0, le=9, description="the digit read from the image (digit head)")
+    digit_confidence: float = Field(ge=0, le=1, description="softmax probability of `digit`")
+    sum: int = Field(ge=0, le=18, description="digit + number as predicted by the sum head")
+    sum_confidence: float = Field(ge=0, le=1, description="softmax probability of `sum`")
+    number: int = Field(ge=0, le=9, description="the number that was sent")
+    consistent: bool = Field(description="whether sum == digit + number")
+    model_version: str
+    input_png: str | None = Field(
+        None, description="base64 PNG of the 28x28 image the model saw (with include_input=true)"
+    )
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. invalid_image")
+    message: str = Field(description="what went wrong, for a person")
+    field: str | None = Field(None, description="the request field at fault, if one is")
+    request_id: str = Field(description="also sent as the X-Request-ID header")
+
+
+class ErrorResponse(BaseModel):
+    """Every error has this shape."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
+        "code": "invalid_image", "message": "the uploaded file is not an image",
+        "field": "image", "request_id": "4f6c2a0e9b1d4c7e",
+    }}]})
+
+    error: ErrorDetail
+
+
+class BatchItem(BaseModel):
+    """One entry of a batch answer: a prediction or that entry's own error."""
+
+    index: int = Field(ge=0, description="position of the image in the request")
+    prediction: PredictResponse | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"results": [
+        {"index": 0, "prediction": {"digit": 3, "digit_confidence": 0.999, "sum": 5,
+                                    "sum_confidence": 0.998, "number": 2, "consistent": True,
+                                    "model_version": "1.0.0"}, "error": None},
+        {"index": 1, "prediction": None, "error": {
+            "code": "invalid_image", "message": "the uploaded file is not an image",
+            "field": "images[1]", "request_id": "4f6c2a0e9b1d4c7e"}},
+    ]}]})
+
+    results: list[BatchItem]
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="alive, ready, loading or draining")
+
+
+class ModelInfo(BaseModel):
+    """The model card stored inside the checkpoint, and how this process runs it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: str
+    sha256: str = Field(description="SHA-256 of the checkpoint file")
+    device: str = Field(description="where this process runs the model")
+    card: dict[str, Any] = Field(description="the full card: metrics, training config, data")
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the given error statuses, all with ErrorResponse."""
+    text = {
+        400: "Not an image, truncated, undecodable, or too many pixels",
+        408: "The body arrived too slowly",
+        413: "Body over the upload limit",
+        415: "An image format outside PNG, JPEG, WebP, BMP, GIF",
+        422: "A missing, non-integer or out-of-range field (named in `field`)",
+        500: "Unexpected failure; the request id finds the traceback in the log",
+        503: "Loading, draining or at capacity; see Retry-After",
+    }
+    return {s: {"model": ErrorResponse, "description": text[s]} for s in statuses}

@@ -1,0 +1,36 @@
+"""The per-process life of the service: loading -> ready -> draining, shared by routes and server."""
+
+from __future__ import annotations
+
+import enum
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from app import metrics
+from app.config import Settings
+from app.inference import DynamicBatcher, LoadedModel
+
+
+class Phase(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+@dataclass
+class ServiceState:
+    """What the lifespan builds once per process; stored on app.state.service."""
+
+    settings: Settings
+    phase: Phase = Phase.LOADING
+    model: LoadedModel | None = None
+    batcher: DynamicBatcher | None = None
+    preprocess_pool: ThreadPoolExecutor | None = None
+
+    def set_phase(self, phase: Phase) -> None:
+        self.phase = phase
+        metrics.READY.set(1 if phase is Phase.READY else 0)
+
+    def begin_drain(self) -> None:
+        """Readiness answers 503 from now on; requests in flight still finish."""
+        self.set_phase(Phase.DRAINING)
