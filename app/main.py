@@ -16,7 +16,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api.routes import health, metrics, model, predict
+from app.api.routes import health, metrics, model, page, predict
 from app.config import Settings, available_cpus, get_settings, torch_threads_for
 from app.errors import ModelLoadError, install_error_handlers
 from app.inference import DynamicBatcher, load_model, resolve_device, warm_up
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        body_timeout_s=settings.body_timeout_s)
     for router in (predict.router, health.router, model.router, metrics.router):
         app.include_router(router)
+    app.include_router(page.router)
     return app
 
 
