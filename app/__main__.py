@@ -35,8 +35,10 @@ class DrainingServer(uvicorn.Server):
         self.draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.draining:  # a second signal: stop now
-            super().handle_exit(sig, frame)
+        # uvicorn's own handler re-raises the signal after a graceful stop (exit 143); a drained
+        # instance has done what was asked of it and exits 0. A second signal stops it at once.
+        if self.draining:
+            self.should_exit = self.force_exit = True
             return
         self.draining = True
         from app.main import app  # the same module object uvicorn serves
@@ -44,12 +46,12 @@ class DrainingServer(uvicorn.Server):
         app.state.service.begin_drain()
         log.info("draining", extra={"signal": signal.Signals(sig).name,
                                     "delay_s": self.drain_delay_s})
-        if self.drain_delay_s > 0:
-            timer = threading.Timer(self.drain_delay_s, super().handle_exit, (sig, frame))
-            timer.daemon = True
-            timer.start()
-        else:
-            super().handle_exit(sig, frame)
+        timer = threading.Timer(self.drain_delay_s, self._stop_accepting)
+        timer.daemon = True
+        timer.start()
+
+    def _stop_accepting(self) -> None:
+        self.should_exit = True  # uvicorn's loop closes the listener, then waits for in-flight
 
 
 def _setting_errors(exc: ValidationError) -> str:
