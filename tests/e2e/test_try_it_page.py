@@ -104,9 +104,9 @@ def test_drawn_digit_shows_digit_and_sum(
     assert lit_pixels(page, "#pad") > 1000
     pick_number(page, number)
     ask_and_wait(page)
-    assert_answer(page, digit, number)
     shot = artifacts_dir / f"drawn-{digit}-plus-{number}.png"
-    page.screenshot(path=shot, full_page=True)
+    page.screenshot(path=shot, full_page=True)  # before asserting, so a failure leaves one too
+    assert_answer(page, digit, number)
     if digit == 7 and os.environ.get("DIGITSUM_UPDATE_SCREENSHOT") == "1":
         README_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, README_SCREENSHOT)
@@ -124,8 +124,8 @@ def test_uploaded_mnist_png_shows_digit_and_sum(
     expect(page.locator("#source-status")).to_contain_text(file_name)
     pick_number(page, 3)
     ask_and_wait(page)
-    assert_answer(page, digit, 3)
     page.screenshot(path=artifacts_dir / f"uploaded-{digit}-plus-3.png", full_page=True)
+    assert_answer(page, digit, 3)
 
 
 def test_file_that_is_not_an_image_shows_plain_error(page: Page, artifacts_dir: Path) -> None:
@@ -212,8 +212,8 @@ def test_phone_sized_viewport_fits_and_works(page: Page, artifacts_dir: Path) ->
     draw(page, STROKES[7])
     pick_number(page, 2)
     ask_and_wait(page)
-    assert_answer(page, 7, 2)
     page.screenshot(path=artifacts_dir / "phone-drawn-7-plus-2.png", full_page=True)
+    assert_answer(page, 7, 2)
 
 
 class _PageAudit(HTMLParser):
