@@ -37,5 +37,9 @@ train: $(STAMP)
 evaluate: $(STAMP)
 	$(PY) -m training.evaluate models/digitsum.pt --data-dir $(DATA_DIR)
 
+# Side-by-side load benchmark (needs wrk); results land in bench/results/. BENCH_ARGS=--quick for a smoke run.
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache runs

@@ -1,0 +1,182 @@
+"""Model-only throughput: images/s against batch size, eager vs exported, on CPU (and CUDA).
+
+    taskset -c 1 python -m bench.model_only --model models/digitsum.pt --threads 1
+
+Variants: `eager` (training.model.DigitSumNet rebuilt from the file's card and weights),
+`torchscript` (the file as torch.jit.load gives it), `frozen` (torch.jit.freeze of it, BatchNorm
+folded) and `optimized` (torch.jit.optimize_for_inference of the frozen one, which on CPU may also
+convert convolutions to oneDNN). Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CARD_EXTRA_FILE = "metadata.json"
+VARIANTS = ("eager", "torchscript", "frozen", "optimized")
+Model = Callable[[torch.Tensor, torch.Tensor], Any]
+
+
+def load_variants(path: Path, device: torch.device) -> tuple[dict[str, Model], dict[str, str]]:
+    """Each variant that could be built on `device`, and for the others why not."""
+    extra = {CARD_EXTRA_FILE: ""}
+    loaded = torch.jit.load(str(path), map_location=device, _extra_files=extra)  # type: ignore[no-untyped-call]
+    scripted = loaded.eval()
+    models: dict[str, Model] = {"torchscript": scripted}
+    skipped: dict[str, str] = {}
+    try:
+        models["eager"] = rebuild_eager(scripted, extra[CARD_EXTRA_FILE], device)
+    except Exception as exc:  # a card or class that drifted from the file: report, don't stop
+        skipped["eager"] = f"{type(exc).__name__}: {exc}"
+    try:
+        models["frozen"] = torch.jit.freeze(scripted)
+        # optimize_for_inference works on a copy of what it is given (freezing first if needed).
+        models["optimized"] = torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
+    except Exception as exc:
+        skipped["frozen/optimized"] = f"{type(exc).__name__}: {exc}"
+    return models, skipped
+
+
+def rebuild_eager(scripted: torch.jit.ScriptModule, card_text: str, device: torch.device) -> Model:
+    """DigitSumNet with the card's config and the file's weights, checked against the file."""
+    from training.model import DigitSumNet, ModelConfig  # bench only; the service never does this
+
+    card = json.loads(card_text or "{}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    raw: dict[str, Any] = {}
+    for key in ("model_config", "config", "model"):
+        candidate = card.get(key)
+        if isinstance(candidate, dict):
+            nested = candidate.get("model", candidate)
+            raw = {k: v for k, v in nested.items() if k in fields}
+            if raw:
+                break
+    if "channels" in raw:
+        raw["channels"] = tuple(raw["channels"])
+    eager = DigitSumNet(ModelConfig(**raw)).to(device).eval()
+    eager.load_state_dict(scripted.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(16, 1, 28, 28, generator=generator).to(device)
+    number = torch.randint(0, 10, (16,), generator=generator).to(device)
+    with torch.inference_mode():
+        worst = max(
+            float((a - b).abs().max())
+            for a, b in zip(eager(image, number), scripted(image, number), strict=True)
+        )
+    if worst > 1e-4:
+        raise ValueError(f"eager rebuild differs from the file by {worst:.2e}")
+    return eager
+
+
+@torch.inference_mode()
+def images_per_second(
+    model: Model, batch_size: int, device: torch.device, seconds: float, slices: int = 5
+) -> float:
+    """Median over `slices` timed slices of images/s, after a warm-up that lets the JIT settle."""
+    image = torch.rand(batch_size, 1, 28, 28, device=device)
+    number = torch.randint(0, 10, (batch_size,), device=device)
+    warm_until = time.perf_counter() + max(0.1, seconds / 5)
+    calls = 0
+    while calls < 5 or time.perf_counter() < warm_until:
+        model(image, number)
+        calls += 1
+    synchronize(device)
+    rates = []
+    for _ in range(slices):
+        calls, start = 0, time.perf_counter()
+        while True:
+            model(image, number)
+            calls += 1
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds / slices:
+                break
+        rates.append(calls * batch_size / elapsed)
+    return statistics.median(rates)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    path: Path, device: torch.device, batch_sizes: list[int], seconds: float
+) -> dict[str, Any]:
+    models, skipped = load_variants(path, device)
+    rows = [
+        {
+            "variant": name,
+            "batch_size": batch,
+            "images_per_s": images_per_second(models[name], batch, device, seconds),
+        }
+        for name in VARIANTS
+        if name in models
+        for batch in batch_sizes
+    ]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"device": str(device), "device_name": name, "rows": rows, "skipped": skipped}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/digitsum.pt"),
+        help="TorchScript file (default: models/digitsum.pt)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        default="1,8,64,256",
+        help="comma-separated batch sizes (default: 1,8,64,256)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads on CPU (default: 1)"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=2.0,
+        help="timed seconds per variant and batch size (default: 2.0)",
+    )
+    parser.add_argument(
+        "--no-cuda",
+        action="store_true",
+        help="skip CUDA even when present (default: measure it when present)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit's deprecation notes
+    torch.set_num_threads(args.threads)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    result = {
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "devices": [measure(args.model, torch.device("cpu"), batch_sizes, args.seconds)],
+    }
+    if torch.cuda.is_available() and not args.no_cuda:
+        result["devices"].append(
+            measure(args.model, torch.device("cuda"), batch_sizes, args.seconds)
+        )
+    json.dump(result, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

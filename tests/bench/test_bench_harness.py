@@ -1,0 +1,139 @@
+"""The benchmark harness itself works: it drives wrk, parses it, and writes complete results.
+
+No timing is asserted here (performance claims live in `make bench`'s side-by-side ratios); the
+run is a 1-second pass against the empty endpoint only, so it needs wrk but not the model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import payload, report
+from bench.wrk import WrkError, parse_summary
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+WRK_LINE = (
+    'BENCH_JSON {"requests": 2000, "duration_us": 2000000, "bytes": 1, "connect_errors": 0, '
+    '"read_errors": 1, "write_errors": 0, "status_errors": 3, "timeouts": 2, "p50_us": 750, '
+    '"p90_us": 900, "p99_us": 1500, "mean_us": 800.0, "max_us": 9000}'
+)
+
+
+def test_parse_summary_reads_the_lua_line() -> None:
+    result = parse_summary(f"Running 2s test\n{WRK_LINE}\n", connections=16)
+
+    assert result.requests_per_s == pytest.approx(1000.0)
+    assert result.p50_ms == pytest.approx(0.75)
+    assert result.p99_ms == pytest.approx(1.5)
+    assert (result.socket_errors, result.status_errors, result.errors) == (3, 3, 6)
+
+
+def test_parse_summary_without_the_line_raises() -> None:
+    with pytest.raises(WrkError, match="BENCH_JSON"):
+        parse_summary("unable to connect to 127.0.0.1:1\n", connections=1)
+
+
+def test_batch_body_has_one_part_per_field_and_image() -> None:
+    body = payload.batch_body(b"PNG", count=3)
+
+    assert body.count(b'name="images"; filename="digit.png"') == 3
+    assert body.count(b'name="numbers"') == 3
+    assert body.endswith(f"--{payload.BOUNDARY}--\r\n".encode())
+
+
+def _row(server: str, connections: int, rps: float, p50: float, errors: int = 0) -> dict[str, Any]:
+    return {
+        "server": server,
+        "connections": connections,
+        "requests_per_s": rps,
+        "p50_ms": p50,
+        "errors": errors,
+        "requests": 1000,
+    }
+
+
+def test_bars_hold_and_miss_at_their_thresholds() -> None:
+    load = [
+        _row("limit", 1, 1300, 0.70),
+        _row("limit", 64, 1500, 40.0),
+        _row("tutorial", 1, 280, 3.0),
+        _row("tutorial", 64, 300, 200.0),
+        _row("ours", 1, 1200, 1.71),
+        _row("ours", 64, 1199, 50.0, errors=1),
+    ]
+    batch = [dict(_row("ours", 4, 60, 60.0), images_per_s=3840.0)]
+    model_only = {
+        "devices": [
+            {
+                "rows": [
+                    {"variant": "torchscript", "batch_size": 64, "images_per_s": 5000.0},
+                    {"variant": "frozen", "batch_size": 64, "images_per_s": 6400.0},
+                ]
+            }
+        ]
+    }
+
+    verdicts = [b["holds"] for b in report.bars(load, batch, model_only, batch_images=64)]
+
+    # 1199/1500 < 0.8; 1199/300 >= 3; one error; +1.01 ms > 1 ms; 3840/6400 = 0.6 exactly.
+    assert verdicts == [False, True, False, False, True]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
+)
+def test_quick_run_against_the_empty_endpoint_writes_results(tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--servers",
+        "limit",
+        "--connections",
+        "1,2",
+        "--duration",
+        "1",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--no-model-only",
+        "--batch-images",
+        "4",
+        "--batch-connections",
+        "1",
+        "--name",
+        "smoke",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert {"machine", "settings", "payload", "load", "batch", "ratios", "bars", "command"} <= (
+        result.keys()
+    )
+    assert [(r["server"], r["connections"]) for r in result["load"]["summary"]] == [
+        ("limit", 1),
+        ("limit", 2),
+    ]
+    for row in result["load"]["summary"] + result["batch"]["summary"]:
+        assert row["requests"] > 0
+        assert row["errors"] == 0
+        assert {"requests_per_s", "p50_ms", "p99_ms", "repeats"} <= row.keys()
+    assert result["batch"]["summary"][0]["images_per_s"] == pytest.approx(
+        4 * result["batch"]["summary"][0]["requests_per_s"]
+    )
+    assert all(bar["holds"] is None for bar in result["bars"])  # ours was not run
+    assert "| limit | 1 |" in (tmp_path / "smoke.md").read_text()
+    assert (tmp_path / "smoke.png").stat().st_size > 0
