@@ -1,0 +1,78 @@
+# digitsum service image: the FastAPI service with the shipped model baked in.
+#
+#   docker build -t digitsum .                                   # CPU + CUDA (PyPI's torch wheels)
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \
+#                -t digitsum:cpu .                               # CPU only, several GB smaller
+#   docker run --rm -p 8000:8000 digitsum                        # add --gpus all on a GPU host
+#
+# Stages: `requirements` turns pyproject.toml into a requirements file, `build` installs the
+# dependencies into /opt/venv (their own layer, reused while the pins stay the same) and then
+# the app, `runtime` copies only that venv and the model onto a clean base and runs as non-root.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- requirements: the service's pinned dependencies, without the train/dev extras -------------
+FROM ${PYTHON_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+# torch goes in its own file so it can come from another wheel index (see TORCH_INDEX_URL).
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+open('torch.txt', 'w').write(''.join(d + '\n' for d in deps if d.startswith('torch'))); \
+open('requirements.txt', 'w').write(''.join(d + '\n' for d in deps))"
+
+# --- build: a venv with the dependencies, then the app ----------------------------------------
+FROM ${PYTHON_IMAGE} AS build
+# Empty: torch and its CUDA libraries come from PyPI and the image runs on CPU and GPU hosts.
+# https://download.pytorch.org/whl/cpu: a CPU-only torch, for a much smaller image.
+ARG TORCH_INDEX_URL=""
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# Copied from the stage above by content: editing pyproject.toml elsewhere (version, extras,
+# tool settings) leaves these files, and so the multi-GB layer below, unchanged.
+COPY --from=requirements /src/requirements.txt /src/torch.txt /tmp/
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+        pip install --index-url "$TORCH_INDEX_URL" -r /tmp/torch.txt; \
+    fi \
+    && pip install -r /tmp/requirements.txt
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app ./app
+# Dependencies are all in place already: install only our package, and check the set is whole.
+RUN pip install --no-deps . && pip check
+
+# --- runtime ------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+ARG UID=10001
+# A fixed uid/gid so volume permissions and Kubernetes' runAsUser can name it; no home, no shell.
+RUN groupadd --system --gid "$UID" digitsum \
+    && useradd --system --uid "$UID" --gid digitsum --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin digitsum
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /opt/digitsum
+# Owned by root and only readable by the service user, so the process cannot alter its model;
+# --chmod because a checkpoint written by the trainer may be 0600 in the build context.
+COPY --chmod=0644 models/digitsum.pt models/digitsum.json ./models/
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    DIGITSUM_HOST=0.0.0.0 \
+    DIGITSUM_PORT=8000 \
+    DIGITSUM_MODEL_PATH=/opt/digitsum/models/digitsum.pt
+# Another model: mount it and point DIGITSUM_MODEL_PATH at it, e.g.
+#   docker run -v "$PWD/models:/models:ro" -e DIGITSUM_MODEL_PATH=/models/other.pt digitsum
+# (no VOLUME instruction: it would leave an anonymous volume behind every container).
+# Numeric, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
+USER ${UID}:${UID}
+EXPOSE 8000
+# Readiness, with the Python the image already has (no curl): 503 (loading, draining) and
+# refused connections both exit 1.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request as u\ntry:\n    u.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('DIGITSUM_PORT', '8000'), timeout=2)\nexcept Exception as exc:\n    sys.exit('not ready: %s' % exc)"]
+# Exec form: python is PID 1 and gets SIGTERM itself. The launcher runs uvicorn with proxy
+# headers (DIGITSUM_FORWARDED_ALLOW_IPS), keep-alive DIGITSUM_KEEPALIVE_S (75 s, longer than a
+# load balancer's usual 60 s idle timeout), and on SIGTERM: readiness 503, DIGITSUM_DRAIN_DELAY_S,
+# then a graceful shutdown bounded by DIGITSUM_GRACEFUL_TIMEOUT_S.
+CMD ["python", "-m", "app"]
