@@ -43,3 +43,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache runs
+
+# Deployment files: hadolint on the Dockerfile (info and up fail), and the Kubernetes manifests
+# against the API schemas kubernetes-validate ships offline, oldest and newest release it knows,
+# with unknown fields rejected (--strict).
+K8S_MANIFESTS := $(wildcard deploy/k8s/*.yaml deploy/k8s/gpu/*.yaml)
+.PHONY: lint-deploy
+lint-deploy: $(STAMP)
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/kubernetes-validate --strict --quiet -k 1.25.0 $(K8S_MANIFESTS)
+	$(VENV)/bin/kubernetes-validate --strict --quiet -k 1.37.0 $(K8S_MANIFESTS)
