@@ -46,9 +46,10 @@ RUN pip install --no-deps . && pip check
 # --- runtime ------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 ARG UID=10001
-# A fixed uid/gid so volume permissions and Kubernetes' runAsUser can name it; no home, no shell.
-RUN groupadd --system --gid "$UID" digitsum \
-    && useradd --system --uid "$UID" --gid digitsum --no-create-home \
+# A fixed uid/gid so volume permissions and Kubernetes' runAsUser can name it; no home, no shell;
+# --no-log-init, or a high uid makes a huge sparse /var/log/lastlog.
+RUN groupadd --gid "$UID" digitsum \
+    && useradd --uid "$UID" --gid digitsum --no-log-init --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin digitsum
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /opt/digitsum
