@@ -90,10 +90,10 @@ def ensure_mnist(
     """
     folder = raw_dir(data_dir)
     wanted = {n: md5 for n, md5 in MNIST_FILES.items() if n.split("-")[0] in splits}
-    missing = [name for name in wanted if not (folder / name).is_file()]
+    missing = [name for name in wanted if not (folder / name).exists()]
     if missing and download:
         _download(data_dir)
-        missing = [name for name in wanted if not (folder / name).is_file()]
+        missing = [name for name in wanted if not (folder / name).exists()]
     if missing:
         raise DataError(
             f"MNIST files missing in {folder}: {', '.join(missing)}. "

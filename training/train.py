@@ -43,6 +43,8 @@ from training.model import NUM_SUMS, DigitSumNet
 SMOKE_TRAIN_IMAGES = 512
 SMOKE_TEST_IMAGES = 200
 SMOKE_MAX_EPOCHS = 2
+# The schedule and the data order depend on these; a resumed run must keep them.
+RESUME_MUST_MATCH = ("epochs", "batch_size", "lr", "seed", "smoke")
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ def train_one_epoch(
         ema.update_parameters(model.module if isinstance(model, DistributedDataParallel) else model)
         total += loss.detach()
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     mean = total / max(steps, 1)
     if rt.world_size > 1:
         dist.all_reduce(mean, op=dist.ReduceOp.AVG)
@@ -271,6 +273,11 @@ def run(
     first_epoch, train_seconds = 1, 0.0
     if cfg.resume and cfg.state.exists():
         state = torch.load(cfg.state, map_location=rt.device, weights_only=False)
+        changed = [k for k in RESUME_MUST_MATCH if state["config"][k] != cfg.to_dict()[k]]
+        if changed:
+            print(f"error: cannot resume {cfg.state}: it was started with different "
+                  f"{', '.join('--' + k.replace('_', '-') for k in changed)}", file=sys.stderr)
+            return 2
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,69 @@
+"""The committed checkpoint meets the bars on the shipped MNIST test set, through torch.jit.load.
+
+Every test image is paired with every number 0..9 (100,000 pairs), using only forward().
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import MODEL_PATH
+from training.data import Split
+
+DIGIT_BAR = 0.9965
+SUM_BAR = 0.9960
+CONSISTENCY_BAR = 0.9995
+
+
+@pytest.fixture(scope="module")
+def scores(shipped_model: torch.jit.ScriptModule, mnist_test: Split) -> dict[str, float]:
+    digit_hits = sum_hits = consistent = 0
+    n = len(mnist_test)
+    with torch.inference_mode():
+        for start in range(0, n, 2000):
+            images = mnist_test.images[start : start + 2000]
+            labels = mnist_test.labels[start : start + 2000]
+            for number in range(10):
+                numbers = torch.full_like(labels, number)
+                digit_logits, sum_logits = shipped_model(images, numbers)
+                digit, total = digit_logits.argmax(1), sum_logits.argmax(1)
+                if number == 0:
+                    digit_hits += int((digit == labels).sum())
+                sum_hits += int((total == labels + number).sum())
+                consistent += int((total == digit + number).sum())
+    return {"digit": digit_hits / n, "sum": sum_hits / (10 * n), "consistency": consistent / (10 * n)}
+
+
+def test_checkpoint_digit_accuracy_meets_bar(scores: dict[str, float]) -> None:
+    assert scores["digit"] >= DIGIT_BAR
+
+
+def test_checkpoint_sum_accuracy_meets_bar(scores: dict[str, float]) -> None:
+    assert scores["sum"] >= SUM_BAR
+
+
+def test_checkpoint_consistency_meets_bar(scores: dict[str, float]) -> None:
+    assert scores["consistency"] >= CONSISTENCY_BAR
+
+
+def test_checkpoint_card_states_the_measured_metrics(scores: dict[str, float]) -> None:
+    extra = {"metadata.json": ""}
+    torch.jit.load(str(MODEL_PATH), map_location="cpu", _extra_files=extra)
+    card = json.loads(extra["metadata.json"])
+    assert card["metrics"]["digit_accuracy"] == pytest.approx(scores["digit"], abs=1e-6)
+    assert card["metrics"]["sum_accuracy"] == pytest.approx(scores["sum"], abs=1e-6)
+    assert card["metrics"]["consistency"] == pytest.approx(scores["consistency"], abs=1e-6)
+    file_card = json.loads(MODEL_PATH.with_suffix(".json").read_text())
+    assert file_card["metrics"] == card["metrics"]
+    for key in ("version", "parameters", "mflops_per_image", "cpu_images_per_second", "dataset",
+                "training", "torch_version", "created"):
+        assert key in card, key
+
+
+def test_checkpoint_contract_shapes(shipped_model: torch.jit.ScriptModule) -> None:
+    digit_logits, sum_logits = shipped_model(torch.rand(3, 1, 28, 28), torch.tensor([0, 5, 9]))
+    assert digit_logits.shape == (3, 10)
+    assert sum_logits.shape == (3, 19)

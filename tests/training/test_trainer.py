@@ -1,0 +1,183 @@
+"""Real, tiny trainings on CPU: smoke run and export, resume, data errors, 2-process gloo DDP."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT, TEST_DATA_DIR
+from training.data import MNIST_FILES, DataError, ensure_mnist
+from training.model import DigitSumNet, ModelConfig
+from training import train as train_module
+from training.train import main
+
+SHIPPED_RAW = TEST_DATA_DIR / "MNIST" / "raw"
+
+
+def _idx_bytes(tensor: torch.Tensor) -> bytes:
+    dims = tensor.shape
+    header = bytes([0, 0, 0x08, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    return gzip.compress(header + tensor.to(torch.uint8).numpy().tobytes())
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    from training.data import read_idx
+
+    return read_idx(path)
+
+
+@pytest.fixture(scope="module")
+def sliced_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir in torchvision's layout, sliced from the shipped test set: 'train' is the first
+    1,000 test images, 't10k' the next 300. Checksums differ from MNIST's (hence
+    --skip-checksums)."""
+    root = tmp_path_factory.mktemp("mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = _read_idx(SHIPPED_RAW / "t10k-images-idx3-ubyte.gz")
+    labels = _read_idx(SHIPPED_RAW / "t10k-labels-idx1-ubyte.gz")
+    for split, part in (("train", slice(0, 1000)), ("t10k", slice(1000, 1300))):
+        (raw / f"{split}-images-idx3-ubyte.gz").write_bytes(_idx_bytes(images[part]))
+        (raw / f"{split}-labels-idx1-ubyte.gz").write_bytes(_idx_bytes(labels[part]))
+    return root
+
+
+def _smoke_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(data), "--out", str(out), "--state", str(out / "state.pt"),
+            "--device", "cpu", "--smoke", "--skip-checksums", "--no-download", *extra]
+
+
+def test_smoke_training_exports_a_checkpoint_that_matches_the_eager_model(
+    sliced_mnist: Path, tmp_path: Path
+) -> None:
+    assert main(_smoke_args(sliced_mnist, tmp_path, "--epochs", "1")) == 0
+    extra = {"metadata.json": ""}
+    scripted = torch.jit.load(str(tmp_path / "digitsum.pt"), map_location="cpu",
+                              _extra_files=extra).eval()
+    card = json.loads(extra["metadata.json"])
+    eager = DigitSumNet(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in card["model"].items()}))
+    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    ema_weights = {k.removeprefix("module."): v for k, v in state["ema"].items()
+                   if k.startswith("module.")}
+    eager.load_state_dict(ema_weights)
+    eager.eval()
+    image, number = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    with torch.inference_mode():
+        for want, got in zip(eager(image, number), scripted(image, number), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert set(card["metrics"]) >= {"digit_accuracy", "sum_accuracy", "consistency"}
+    assert json.loads((tmp_path / "digitsum.json").read_text())["file"]["sha256"]
+    assert (tmp_path / "learning_curves.png").stat().st_size > 1000
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_run_killed_mid_epoch_leaves_outputs_untouched_and_resumes(
+    sliced_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "digitsum.pt").write_bytes(b"the checkpoint shipped before")
+    real_epoch = train_module.train_one_epoch
+
+    def killed_in_epoch_2(*args: Any, **kwargs: Any) -> float:
+        if args[6] == 2:  # epoch
+            raise KeyboardInterrupt  # what Ctrl-C or a SIGINT does mid-epoch
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(_smoke_args(sliced_mnist, out, "--epochs", "2", "--state", str(tmp_path / "s.pt")))
+    assert (out / "digitsum.pt").read_bytes() == b"the checkpoint shipped before"
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert [h["epoch"] for h in torch.load(tmp_path / "s.pt", weights_only=False)["history"]] == [1]
+
+    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    resume = _smoke_args(sliced_mnist, out, "--epochs", "2", "--state", str(tmp_path / "s.pt"))
+    assert main([*resume, "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    state = torch.load(tmp_path / "s.pt", weights_only=False)
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    torch.jit.load(str(out / "digitsum.pt"))  # now a real checkpoint
+
+
+def test_resume_refuses_a_changed_schedule(
+    sliced_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_smoke_args(sliced_mnist, tmp_path, "--epochs", "1")) == 0
+    assert main(_smoke_args(sliced_mnist, tmp_path, "--epochs", "2", "--resume")) == 2
+    assert "started with different --epochs" in capsys.readouterr().err
+
+
+def test_wrong_checksum_is_a_clear_error(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        (raw / name).write_bytes(gzip.compress(b"not mnist"))
+    with pytest.raises(DataError, match="checksum mismatch .* delete it to download again"):
+        ensure_mnist(tmp_path, download=False)
+
+
+def test_missing_files_without_network_say_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torchvision.datasets import MNIST
+
+    def offline(self: object) -> None:
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: no route to host")
+
+    monkeypatch.setattr(MNIST, "download", offline)
+    assert main(["--data-dir", str(tmp_path / "nowhere"), "--smoke", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "download failed" in err
+    assert "copy the four *.gz files" in err
+    assert "Traceback" not in err
+
+
+def test_no_download_flag_reports_the_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="MNIST files missing in .*train-images-idx3-ubyte.gz"):
+        ensure_mnist(tmp_path, download=False)
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        (raw / name).mkdir()  # a folder where a file should be: unreadable, even for root
+    with pytest.raises(DataError, match="cannot read"):
+        ensure_mnist(tmp_path, download=False)
+
+
+def test_read_only_data_folder_is_enough(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (raw / name).write_bytes((SHIPPED_RAW / name).read_bytes())
+    raw.chmod(0o555)
+    try:
+        assert ensure_mnist(tmp_path, splits=("t10k",), download=False) == raw
+    finally:
+        raw.chmod(0o755)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training(sliced_mnist: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "training", *_smoke_args(sliced_mnist, tmp_path, "--epochs", "1", "--threads", "1")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training on cpu x2" in result.stdout
+    card = json.loads((tmp_path / "digitsum.json").read_text())
+    assert card["training"]["processes"] == 2
