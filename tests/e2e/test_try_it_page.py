@@ -63,6 +63,13 @@ def pick_number(page: Page, number: int) -> None:
 def ask_and_wait(page: Page) -> None:
     """Submit, then wait for either an answer or an error; fail with the error's text."""
     page.locator("#submit").click()
+    wait_for_answer(page)
+
+
+def wait_for_answer(page: Page) -> None:
+    # The form is aria-busy from the submit (set before its first await) until the answer or
+    # the error is fully shown, so this also waits out a previous answer still on screen.
+    page.wait_for_selector('#ask:not([aria-busy="true"])')
     page.wait_for_selector("#result:not([hidden]), #error:not([hidden])")
     if page.locator("#error").is_visible():
         pytest.fail(f"the page shows an error instead of an answer: {page.inner_text('#error')}")
@@ -128,6 +135,31 @@ def test_uploaded_mnist_png_shows_digit_and_sum(
     assert_answer(page, digit, 3)
 
 
+def test_dropped_image_is_used_and_drawing_takes_over_again(page: Page) -> None:
+    page.goto("/")
+    png = (DATA / "mnist-t10k-00001-label-2.png").read_bytes()
+    dropped = page.evaluate_handle(
+        """(bytes) => {
+            const transfer = new DataTransfer();
+            const file = new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" });
+            transfer.items.add(file);
+            return transfer;
+        }""",
+        list(png),
+    )
+    page.locator("#drop-zone").dispatch_event("drop", {"dataTransfer": dropped})
+    expect(page.locator("#source-status")).to_contain_text("dropped.png")
+    assert lit_pixels(page, "#pad") > 0  # the preview
+    pick_number(page, 0)
+    ask_and_wait(page)
+    assert_answer(page, 2, 0)
+    # Drawing on the pad drops the file: the drawing is what is sent next.
+    draw(page, STROKES[1])
+    expect(page.locator("#source-status")).to_have_text("Drawing on the pad.")
+    ask_and_wait(page)
+    assert_answer(page, 1, 0)
+
+
 def test_file_that_is_not_an_image_shows_plain_error(page: Page, artifacts_dir: Path) -> None:
     page.goto("/")
     notes: FilePayload = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"words\n"}
@@ -191,7 +223,7 @@ def test_keyboard_alone_reaches_every_control(page: Page) -> None:
     page.set_input_files("#file", DATA / "mnist-t10k-00004-label-4.png")
     page.locator("#submit").focus()
     page.keyboard.press("Enter")
-    page.wait_for_selector("#result:not([hidden]), #error:not([hidden])")
+    wait_for_answer(page)
     assert_answer(page, 4, 6)
 
 
