@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -82,6 +83,13 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", "-"))
 
 
+def error_body(code: str, message: str, request_id: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "field": field, "request_id": request_id}}
+
+
+INTERNAL_ERROR_MESSAGE = "internal error; quote the request id when reporting it"
+
+
 def error_response(
     request: Request,
     status: int,
@@ -93,8 +101,7 @@ def error_response(
     from app import metrics  # late: metrics imports nothing of ours, keep errors importable alone
 
     metrics.ERRORS.labels(code).inc()
-    body = {"error": {"code": code, "message": message, "field": field,
-                      "request_id": request_id_of(request)}}
+    body = error_body(code, message, request_id_of(request), field)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -106,7 +113,7 @@ def _field_of(loc: tuple[int | str, ...]) -> str | None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map every exception to the one JSON shape; unknown ones are logged with a traceback."""
+    """Map our exceptions, validation errors and HTTP errors to the one JSON shape."""
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -122,14 +129,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ServiceError):
+            # FastAPI wraps any failure while parsing the body in "400 error parsing the body";
+            # ours (body over the limit, body too slow) keep their own status and code.
+            return await _service_error(request, exc.__cause__)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         response = error_response(request, exc.status_code, code, str(exc.detail))
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"request_id": request_id_of(request)})
-        return error_response(request, 500, "internal_error",
-                              "internal error; quote the request id when reporting it")
+    # Anything else is answered 500 by app.middleware.RequestContextMiddleware, which logs the
+    # traceback with the request id and sends INTERNAL_ERROR_MESSAGE, nothing internal.

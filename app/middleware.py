@@ -16,9 +16,10 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
-from app.errors import BodyTimeout, PayloadTooLarge
+from app.errors import INTERNAL_ERROR_MESSAGE, BodyTimeout, PayloadTooLarge, error_body
 
 access_log = logging.getLogger("digitsum.access")
+log = logging.getLogger("digitsum")
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -51,11 +52,12 @@ class RequestContextMiddleware:
         )
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
+        started_response = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 MutableHeaders(scope=message).append("X-Request-ID", request_id)
             await send(message)
 
@@ -85,6 +87,17 @@ class RequestContextMiddleware:
                 await self._refuse_too_large(scope, receive, send_with_id, request_id)
             else:
                 await self.app(scope, receive_limited, send_with_id)
+        except Exception:
+            # Our own failure: the traceback goes to the log under the request id; the caller
+            # gets a 500 that says nothing about internals.
+            log.exception("unhandled error", extra={"request_id": request_id})
+            status = 500
+            if not started_response:
+                metrics.ERRORS.labels("internal_error").inc()
+                response = JSONResponse(
+                    error_body("internal_error", INTERNAL_ERROR_MESSAGE, request_id), 500
+                )
+                await response(scope, receive, send_with_id)
         finally:
             self._record(scope, status, time.perf_counter() - started, request_id)
 
@@ -97,8 +110,7 @@ class RequestContextMiddleware:
         # Answer from the headers alone; the body is never read, and the connection is closed.
         metrics.ERRORS.labels(PayloadTooLarge.code).inc()
         response = JSONResponse(
-            {"error": {"code": PayloadTooLarge.code, "message": self._too_large_message(),
-                       "field": None, "request_id": request_id}},
+            error_body(PayloadTooLarge.code, self._too_large_message(), request_id),
             status_code=413, headers={"Connection": "close"},
         )
         await response(scope, receive, send)

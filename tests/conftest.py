@@ -43,5 +43,6 @@ def make_settings(**overrides: object) -> Settings:
 @pytest.fixture(scope="session")
 def client() -> Iterator[TestClient]:
     """One service for the whole session, on the shipped model (lifespan included)."""
-    with TestClient(create_app(make_settings())) as test_client:
+    # Server errors come back as the 500 answers a user would get, not as exceptions.
+    with TestClient(create_app(make_settings()), raise_server_exceptions=False) as test_client:
         yield test_client

@@ -1,0 +1,151 @@
+"""Model loading, freezing, and the dynamic batcher: batching, routing, dropping, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.errors import ModelLoadError, Overloaded
+from app.inference import DynamicBatcher, LoadedModel, load_model
+from tests.conftest import MODEL_PATH
+from training.data import Split
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    return load_model(MODEL_PATH, torch.device("cpu"))
+
+
+def test_frozen_model_gives_the_same_outputs_as_the_file(
+    loaded: LoadedModel, shipped_model: torch.jit.ScriptModule, mnist_test: Split
+) -> None:
+    images, numbers = mnist_test.images[:512], torch.arange(512) % 10
+    with torch.inference_mode():
+        for want, got in zip(shipped_model(images, numbers), loaded.module(images, numbers),
+                             strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "not found"), (b"", "not a loadable TorchScript"),
+     (b"PK\x03\x04 truncated zip", "not a loadable TorchScript")],
+)
+def test_bad_model_files_are_clear_errors(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "model.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(path, torch.device("cpu"))
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "half.pt"
+    path.write_bytes(MODEL_PATH.read_bytes()[: MODEL_PATH.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="not a loadable TorchScript"):
+        load_model(path, torch.device("cpu"))
+
+
+def test_other_torchscript_module_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(4, 2)), str(path))
+    with pytest.raises(ModelLoadError, match="contract"):
+        load_model(path, torch.device("cpu"))
+
+
+def _batcher(model: LoadedModel, **kwargs: float) -> DynamicBatcher:
+    options: dict[str, float] = {"max_size": 64, "max_wait_s": 0.0, "max_queue": 512,
+                                 "timeout_s": 10.0}
+    options.update(kwargs)
+    return DynamicBatcher(model, max_size=int(options["max_size"]),
+                          max_wait_s=options["max_wait_s"], max_queue=int(options["max_queue"]),
+                          timeout_s=options["timeout_s"])
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(
+    loaded: LoadedModel, mnist_test: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    real_predict = loaded.predict
+
+    def recording(images: torch.Tensor, numbers: torch.Tensor) -> list[object]:
+        sizes.append(len(images))
+        return real_predict(images, numbers)  # type: ignore[return-value]
+
+    monkeypatch.setattr(loaded, "predict", recording)
+    expected = real_predict(mnist_test.images[:200], torch.arange(200) % 10)
+
+    async def scenario() -> list[object]:
+        batcher = _batcher(loaded, max_size=32, max_wait_s=0.002)
+        batcher.start()
+        try:
+            return list(await asyncio.gather(*(
+                batcher.predict(mnist_test.images[i], i % 10) for i in range(200)
+            )))
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(scenario())
+    assert results == expected  # each caller got the answer for its own image and number
+    assert sum(sizes) == 200
+    assert max(sizes) == 32
+    assert len(sizes) < 50  # batched, not one pass per request
+
+
+def test_lone_request_does_not_wait_for_a_batch(loaded: LoadedModel, mnist_test: Split) -> None:
+    async def scenario() -> float:
+        batcher = _batcher(loaded, max_wait_s=0.0)
+        batcher.start()
+        try:
+            await batcher.predict(mnist_test.images[0], 1)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await batcher.predict(mnist_test.images[0], 1)
+            return loop.time() - started
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario()) < 0.5  # generous: a bound, not a benchmark
+
+
+def test_full_queue_answers_overloaded_at_once(loaded: LoadedModel, mnist_test: Split) -> None:
+    async def scenario() -> None:
+        batcher = _batcher(loaded, max_queue=4)  # not started: nothing drains the queue
+        waiting = [asyncio.ensure_future(batcher.predict(mnist_test.images[0], 0))
+                   for _ in range(4)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await batcher.predict(mnist_test.images[0], 0)
+        with pytest.raises(Overloaded):
+            await batcher.predict_many([(mnist_test.images[0], 0)] * 5)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_cancelled_caller_is_dropped_without_harming_the_others(
+    loaded: LoadedModel, mnist_test: Split
+) -> None:
+    async def scenario() -> tuple[int, list[object]]:
+        batcher = _batcher(loaded, max_size=8)
+        keep = [asyncio.ensure_future(batcher.predict(mnist_test.images[i], i)) for i in range(4)]
+        gone = asyncio.ensure_future(batcher.predict(mnist_test.images[9], 9))
+        await asyncio.sleep(0)
+        gone.cancel()  # the client left before its batch ran
+        batcher.start()
+        try:
+            results = list(await asyncio.gather(*keep))
+        finally:
+            await batcher.stop()
+        return batcher.depth, results
+
+    depth, results = asyncio.run(scenario())
+    expected = loaded.predict(mnist_test.images[:4], torch.arange(4))
+    assert results == expected
+    assert depth == 0
