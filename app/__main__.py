@@ -1,9 +1,9 @@
 """python -m app  (what `make serve` and the Docker image run)
 
-Starts uvicorn on app.main:app with the DIGITSUM_* settings. On SIGTERM or Ctrl-C the instance
-first reports 503 on /health/ready and refuses new predictions with 503 + Retry-After for
-DIGITSUM_DRAIN_DELAY_S (so load balancers take it out of rotation), then closes its listener,
-lets in-flight requests finish (up to DIGITSUM_GRACEFUL_TIMEOUT_S) and exits 0.
+Starts uvicorn (uvloop + httptools) on app.main:app with the DIGITSUM_* settings, one process
+or DIGITSUM_WORKERS processes (one model each). A bad setting or model file stops it before the
+port is bound, with a message and exit status 2. On SIGTERM it drains (app/shutdown.py) and
+exits 0.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import threading
-from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
@@ -24,34 +22,6 @@ from app.inference import load_model, resolve_device
 from app.logs import configure_logging
 
 log = logging.getLogger("digitsum")
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn.Server that flips readiness to 'draining' before its graceful shutdown."""
-
-    def __init__(self, config: uvicorn.Config, drain_delay_s: float) -> None:
-        super().__init__(config)
-        self.drain_delay_s = drain_delay_s
-        self.draining = False
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # uvicorn's own handler re-raises the signal after a graceful stop (exit 143); a drained
-        # instance has done what was asked of it and exits 0. A second signal stops it at once.
-        if self.draining:
-            self.should_exit = self.force_exit = True
-            return
-        self.draining = True
-        from app.main import app  # the same module object uvicorn serves
-
-        app.state.service.begin_drain()
-        log.info("draining", extra={"signal": signal.Signals(sig).name,
-                                    "delay_s": self.drain_delay_s})
-        timer = threading.Timer(self.drain_delay_s, self._stop_accepting)
-        timer.daemon = True
-        timer.start()
-
-    def _stop_accepting(self) -> None:
-        self.should_exit = True  # uvicorn's loop closes the listener, then waits for in-flight
 
 
 def _setting_errors(exc: ValidationError) -> str:
@@ -86,15 +56,18 @@ def main() -> int:
         forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_keep_alive=settings.keepalive_s,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
-        access_log=False,
+        access_log=False,  # ours (app/middleware.py) carries the request id
         log_config=None,
         log_level=settings.log_level,
     )
-    server = DrainingServer(config, settings.drain_delay_s)
+    # uvicorn re-raises the stop signal once its graceful stop is done, to end the process the
+    # default way (status 143). A drained instance has done what it was asked: exit 0 instead.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     if settings.workers > 1:
-        sock = config.bind_socket()
-        Multiprocess(config, target=server.run, sockets=[sock]).run()
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
         return 0
+    server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3
 

@@ -1,4 +1,4 @@
-"""Settings: every knob of the service, from DIGITSUM_* environment variables (pydantic-settings)."""
+"""Settings: every knob of the service, from DIGITSUM_* environment variables."""
 
 from __future__ import annotations
 
@@ -22,19 +22,27 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, one model each")
-    torch_threads: int = Field(0, ge=0, description="intra-op threads; 0 = CPUs available / workers")
+    torch_threads: int = Field(
+        0, ge=0, description="intra-op threads; 0 = CPUs available / workers"
+    )
     preprocess_threads: int = Field(0, ge=0, description="image decoding pool; 0 = CPUs available")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="request body limit")
     max_image_pixels: int = Field(25_000_000, ge=784, description="refused before decoding above")
     max_batch_images: int = Field(256, ge=1, le=4096, description="images per /predict/batch")
-    batch_max_size: int = Field(64, ge=1, le=4096, description="largest forward pass the batcher forms")
-    batch_max_wait_ms: float = Field(0.0, ge=0, le=1000, description="wait to fill a batch; 0 = never")
+    batch_max_size: int = Field(
+        64, ge=1, le=4096, description="largest forward pass the batcher forms"
+    )
+    batch_max_wait_ms: float = Field(
+        0.0, ge=0, le=1000, description="wait to fill a batch; 0 = never"
+    )
     max_queue: int = Field(512, ge=1, description="queued images beyond which requests get 503")
     inference_timeout_s: float = Field(10.0, gt=0, description="longest wait for a prediction")
     body_timeout_s: float = Field(10.0, gt=0, description="longest pause while receiving a body")
     drain_delay_s: float = Field(0.0, ge=0, le=300, description="503 on readiness before closing")
-    graceful_timeout_s: float = Field(20.0, ge=0, le=600, description="in-flight requests' deadline")
+    graceful_timeout_s: float = Field(
+        20.0, ge=0, le=600, description="in-flight requests' deadline"
+    )
     keepalive_s: int = Field(75, ge=1, description="idle keep-alive; above load balancers' 60 s")
     forwarded_allow_ips: str = "127.0.0.1"
     cors_origins: list[str] = Field(default_factory=list, description="JSON list; empty = closed")
@@ -66,9 +74,9 @@ def _cgroup_quota() -> float | None:
     except (OSError, ValueError):
         pass
     try:  # cgroup v1
-        limit = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return None if limit <= 0 else limit / period
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None
 

@@ -1,6 +1,6 @@
 """Our exceptions, and the one place that maps every failure to a JSON answer of one shape.
 
-    {"error": {"code": "invalid_image", "message": "...", "field": "image", "request_id": "..."}}
+{"error": {"code": "invalid_image", "message": "...", "field": "image", "request_id": "..."}}
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", "-"))
 
 
-def error_body(code: str, message: str, request_id: str, field: str | None = None) -> dict[str, Any]:
+def error_body(
+    code: str, message: str, request_id: str, field: str | None = None
+) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "field": field, "request_id": request_id}}
 
 
@@ -117,7 +119,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request, exc.status, exc.code, exc.message, exc.field, exc.retry_after)
+        return error_response(
+            request, exc.status, exc.code, exc.message, exc.field, exc.retry_after
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,5 +142,6 @@ def install_error_handlers(app: FastAPI) -> None:
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
+
     # Anything else is answered 500 by app.middleware.RequestContextMiddleware, which logs the
     # traceback with the request id and sends INTERNAL_ERROR_MESSAGE, nothing internal.

@@ -31,13 +31,25 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 )
 # Image formats we recognise but do not accept (answered 415 rather than "not an image").
 _OTHER_IMAGE_SIGNATURES = (
-    b"II*\x00", b"MM\x00*",  # TIFF
+    b"II*\x00",
+    b"MM\x00*",  # TIFF
     b"\x00\x00\x01\x00",  # ICO
     b"8BPS",  # Photoshop
     b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
-    b"%!PS", b"%PDF",
-    b"\x00\x00\x00\x1cftypavif", b"\x00\x00\x00\x20ftypavif", b"\x00\x00\x00\x18ftypheic",
-    b"qoif", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"<svg", b"<?xml",
+    b"%!PS",
+    b"%PDF",
+    b"\x00\x00\x00\x1cftypavif",
+    b"\x00\x00\x00\x20ftypavif",
+    b"\x00\x00\x00\x18ftypheic",
+    b"qoif",
+    b"P1",
+    b"P2",
+    b"P3",
+    b"P4",
+    b"P5",
+    b"P6",
+    b"<svg",
+    b"<?xml",
 )
 
 SIZE = 28  # the model's input side
@@ -101,8 +113,9 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge("image dimensions are too large to decode", field="image") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        raise InvalidImage(f"cannot decode the {fmt} image: it is truncated or corrupt",
-                           field="image") from exc
+        raise InvalidImage(
+            f"cannot decode the {fmt} image: it is truncated or corrupt", field="image"
+        ) from exc
     return image
 
 
@@ -132,7 +145,8 @@ def _composite(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     opaque = alpha > 0.5
     ink_is_dark = bool(opaque.any()) and float(grey[opaque].mean()) < 0.5
     background = 1.0 if ink_is_dark else 0.0
-    return grey * alpha + background * (1.0 - alpha)
+    flat: np.ndarray = grey * alpha + background * (1.0 - alpha)
+    return flat
 
 
 def _otsu_threshold(grey: np.ndarray) -> float:

@@ -135,7 +135,12 @@ class DynamicBatcher:
     """Gathers concurrent predictions into batched forward passes on one model thread."""
 
     def __init__(
-        self, model: LoadedModel, *, max_size: int, max_wait_s: float, max_queue: int,
+        self,
+        model: LoadedModel,
+        *,
+        max_size: int,
+        max_wait_s: float,
+        max_queue: int,
         timeout_s: float,
     ) -> None:
         self.model = model

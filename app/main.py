@@ -1,6 +1,6 @@
 """create_app(): lifespan, middleware, routers and error handlers. No logic lives here.
 
-    uvicorn app.main:app      # or `python -m app` (our launcher: drain on SIGTERM, workers)
+uvicorn app.main:app      # or `python -m app` (our launcher: drain on SIGTERM, workers)
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from app.config import Settings, available_cpus, get_settings, torch_threads_for
 from app.errors import ModelLoadError, install_error_handlers
 from app.inference import DynamicBatcher, load_model, resolve_device, warm_up
 from app.middleware import RequestContextMiddleware
-from app.state import Phase, ServiceState
+from app.shutdown import install_drain_handler
+from app.state import Phase, Runtime, ServiceState
 
 log = logging.getLogger("digitsum")
 
@@ -48,18 +49,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     await asyncio.to_thread(warm_up, model, settings.batch_max_size)
     batcher = DynamicBatcher(
-        model, max_size=settings.batch_max_size, max_wait_s=settings.batch_max_wait_ms / 1e3,
-        max_queue=settings.max_queue, timeout_s=settings.inference_timeout_s,
+        model,
+        max_size=settings.batch_max_size,
+        max_wait_s=settings.batch_max_wait_ms / 1e3,
+        max_queue=settings.max_queue,
+        timeout_s=settings.inference_timeout_s,
     )
     batcher.start()
     pool = ThreadPoolExecutor(
         max_workers=settings.preprocess_threads or available_cpus(), thread_name_prefix="decode"
     )
-    service.model, service.batcher, service.preprocess_pool = model, batcher, pool
+    service.runtime = Runtime(settings, model, batcher, pool)
+    install_drain_handler(service, settings.drain_delay_s)
     service.set_phase(Phase.READY)
-    log.info("ready", extra={"model": str(settings.model_path), "version": model.version,
-                             "device": str(device), "torch_threads": threads,
-                             "sha256": model.sha256[:16]})
+    log.info(
+        "ready",
+        extra={
+            "model": str(settings.model_path),
+            "version": model.version,
+            "device": str(device),
+            "torch_threads": threads,
+            "sha256": model.sha256[:16],
+        },
+    )
     try:
         yield
     finally:
@@ -81,11 +93,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = ServiceState(settings)
     install_error_handlers(app)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                           allow_methods=["GET", "POST"], allow_headers=["*"],
-                           expose_headers=["X-Request-ID", "Retry-After"])
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_upload_bytes,
-                       body_timeout_s=settings.body_timeout_s)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_upload_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
     for router in (predict.router, health.router, model.router, metrics.router):
         app.include_router(router)
     app.include_router(page.router)

@@ -111,7 +111,8 @@ class RequestContextMiddleware:
         metrics.ERRORS.labels(PayloadTooLarge.code).inc()
         response = JSONResponse(
             error_body(PayloadTooLarge.code, self._too_large_message(), request_id),
-            status_code=413, headers={"Connection": "close"},
+            status_code=413,
+            headers={"Connection": "close"},
         )
         await response(scope, receive, send)
 
@@ -125,9 +126,18 @@ class RequestContextMiddleware:
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
             access_log.info(
-                "%s %s %d %.1fms", method, scope["path"], status, seconds * 1e3,
-                extra={"request_id": request_id, "status": status, "method": method,
-                       "path": scope["path"], "route": path,
-                       "duration_ms": round(seconds * 1e3, 3),
-                       "client": f"{client[0]}:{client[1]}" if client else None},
+                "%s %s %d %.1fms",
+                method,
+                scope["path"],
+                status,
+                seconds * 1e3,
+                extra={
+                    "request_id": request_id,
+                    "status": status,
+                    "method": method,
+                    "path": scope["path"],
+                    "route": path,
+                    "duration_ms": round(seconds * 1e3, 3),
+                    "client": f"{client[0]}:{client[1]}" if client else None,
+                },
             )

@@ -10,10 +10,21 @@ from pydantic import BaseModel, ConfigDict, Field
 class PredictResponse(BaseModel):
     """The network's answer for one (image, number) pair."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "digit": 7, "digit_confidence": 0.9998, "sum": 12, "sum_confidence": 0.9997,
-        "number": 5, "consistent": True, "model_version": "1.0.0",
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "digit": 7,
+                    "digit_confidence": 0.9998,
+                    "sum": 12,
+                    "sum_confidence": 0.9997,
+                    "number": 5,
+                    "consistent": True,
+                    "model_version": "1.0.0",
+                }
+            ]
+        }
+    )
 
     digit: int = Field(ge=0, le=9, description="the digit read from the image (digit head)")
     digit_confidence: float = Field(ge=0, le=1, description="softmax probability of `digit`")
@@ -37,10 +48,20 @@ class ErrorDetail(BaseModel):
 class ErrorResponse(BaseModel):
     """Every error has this shape."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
-        "code": "invalid_image", "message": "the uploaded file is not an image",
-        "field": "image", "request_id": "4f6c2a0e9b1d4c7e",
-    }}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "code": "invalid_image",
+                        "message": "the uploaded file is not an image",
+                        "field": "image",
+                        "request_id": "4f6c2a0e9b1d4c7e",
+                    }
+                }
+            ]
+        }
+    )
 
     error: ErrorDetail
 
@@ -54,14 +75,39 @@ class BatchItem(BaseModel):
 
 
 class BatchResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"results": [
-        {"index": 0, "prediction": {"digit": 3, "digit_confidence": 0.999, "sum": 5,
-                                    "sum_confidence": 0.998, "number": 2, "consistent": True,
-                                    "model_version": "1.0.0"}, "error": None},
-        {"index": 1, "prediction": None, "error": {
-            "code": "invalid_image", "message": "the uploaded file is not an image",
-            "field": "images[1]", "request_id": "4f6c2a0e9b1d4c7e"}},
-    ]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "results": [
+                        {
+                            "index": 0,
+                            "prediction": {
+                                "digit": 3,
+                                "digit_confidence": 0.999,
+                                "sum": 5,
+                                "sum_confidence": 0.998,
+                                "number": 2,
+                                "consistent": True,
+                                "model_version": "1.0.0",
+                            },
+                            "error": None,
+                        },
+                        {
+                            "index": 1,
+                            "prediction": None,
+                            "error": {
+                                "code": "invalid_image",
+                                "message": "the uploaded file is not an image",
+                                "field": "images[1]",
+                                "request_id": "4f6c2a0e9b1d4c7e",
+                            },
+                        },
+                    ]
+                }
+            ]
+        }
+    )
 
     results: list[BatchItem]
 

@@ -1,4 +1,4 @@
-"""The per-process life of the service: loading -> ready -> draining, shared by routes and server."""
+"""The per-process life of the service: loading -> ready -> draining, for routes and server."""
 
 from __future__ import annotations
 
@@ -17,15 +17,23 @@ class Phase(enum.Enum):
     DRAINING = "draining"
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """What the lifespan builds once per process: the model, its batcher, the decoding pool."""
+
+    settings: Settings
+    model: LoadedModel
+    batcher: DynamicBatcher
+    preprocess_pool: ThreadPoolExecutor
+
+
 @dataclass
 class ServiceState:
-    """What the lifespan builds once per process; stored on app.state.service."""
+    """Stored on app.state.service; `runtime` is set once the model is loaded and warm."""
 
     settings: Settings
     phase: Phase = Phase.LOADING
-    model: LoadedModel | None = None
-    batcher: DynamicBatcher | None = None
-    preprocess_pool: ThreadPoolExecutor | None = None
+    runtime: Runtime | None = None
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase

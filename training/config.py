@@ -41,37 +41,77 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog="python -m training",
-        description="Train DigitSumNet on MNIST pairs (image, number) and export it as TorchScript.",
+        description="Train DigitSumNet on MNIST (image, number) pairs; export it as TorchScript.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data-dir", type=Path, default=d.data_dir,
-                   help="folder holding MNIST/raw/*.gz (downloaded there if missing)")
-    p.add_argument("--out", type=Path, default=d.out,
-                   help="where digitsum.pt, its model card and plots are written")
-    p.add_argument("--state", type=Path, default=d.state,
-                   help="resumable training checkpoint, written after every epoch")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=d.data_dir,
+        help="folder holding MNIST/raw/*.gz (downloaded there if missing)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=d.out,
+        help="where digitsum.pt, its model card and plots are written",
+    )
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=d.state,
+        help="resumable training checkpoint, written after every epoch",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training set")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="images per optimiser step (per process under torchrun)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="images per optimiser step (per process under torchrun)",
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (one-cycle schedule)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
-                   help="label smoothing of both heads' cross-entropy")
-    p.add_argument("--agreement-weight", type=float, default=d.agreement_weight,
-                   help="weight of the loss that teaches the sum head to agree with the digit head")
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay,
-                   help="decay of the weight average that is evaluated and exported")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, pairing and augmentation")
-    p.add_argument("--device", default=d.device,
-                   help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=d.threads,
-                   help="CPU threads for torch (0: torch's default)")
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=d.label_smoothing,
+        help="label smoothing of both heads' cross-entropy",
+    )
+    p.add_argument(
+        "--agreement-weight",
+        type=float,
+        default=d.agreement_weight,
+        help="weight of the loss that teaches the sum head to agree with the digit head",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=d.ema_decay,
+        help="decay of the weight average that is evaluated and exported",
+    )
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of weights, pairing and augmentation"
+    )
+    p.add_argument(
+        "--device", default=d.device, help="auto (CUDA when present), cpu, cuda or cuda:N"
+    )
+    p.add_argument(
+        "--threads", type=int, default=d.threads, help="CPU threads for torch (0: torch's default)"
+    )
     p.add_argument("--smoke", action="store_true", help="a few steps on a small subset, for tests")
     p.add_argument("--resume", action="store_true", help="continue from --state if it exists")
-    p.add_argument("--no-download", dest="download", action="store_false",
-                   help="never download MNIST; fail if the files are missing")
-    p.add_argument("--skip-checksums", dest="verify_checksums", action="store_false",
-                   help="accept IDX files whose MD5 differs from MNIST's (synthetic data in tests)")
+    p.add_argument(
+        "--no-download",
+        dest="download",
+        action="store_false",
+        help="never download MNIST; fail if the files are missing",
+    )
+    p.add_argument(
+        "--skip-checksums",
+        dest="verify_checksums",
+        action="store_false",
+        help="accept IDX files whose MD5 differs from MNIST's (synthetic data in tests)",
+    )
     return p
 
 

@@ -27,7 +27,7 @@ MNIST_FILES: dict[str, str] = {
 
 
 class DataError(RuntimeError):
-    """The MNIST files are missing, unreadable or not what they should be; the message says what to do."""
+    """The MNIST files are missing, unreadable or wrong; the message says what to do."""
 
 
 @dataclass
@@ -139,7 +139,9 @@ def load_split(folder: Path, split: str) -> Split:
     images = read_idx(folder / f"{split}-images-idx3-ubyte.gz")
     labels = read_idx(folder / f"{split}-labels-idx1-ubyte.gz")
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
-        raise DataError(f"{folder}: {split} images {tuple(images.shape)} / labels {tuple(labels.shape)}")
+        raise DataError(
+            f"{folder}: {split} images {tuple(images.shape)} / labels {tuple(labels.shape)}"
+        )
     return Split(images.unsqueeze(1).float().div_(255.0), labels.long())
 
 
@@ -157,7 +159,9 @@ def random_numbers(n: int, generator: torch.Generator, device: torch.device) -> 
     return torch.randint(0, 10, (n,), generator=generator).to(device)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, generator: torch.Generator, strength: float = 1.0
+) -> torch.Tensor:
     """Small random affine warps, batched on the images' device: (B,1,28,28) -> (B,1,28,28).
 
     Rotation up to 12 degrees, scale 0.9-1.1, shear up to 0.15 and shifts up to 2.5 px.

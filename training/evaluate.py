@@ -79,9 +79,9 @@ def evaluate_pairs(
             total = sum_logits.argmax(1)
             if number == 0:
                 digit_correct += int((digit == labels).sum())
-                confusion += torch.bincount(
-                    (labels * 10 + digit).cpu(), minlength=100
-                ).reshape(10, 10)
+                confusion += torch.bincount((labels * 10 + digit).cpu(), minlength=100).reshape(
+                    10, 10
+                )
             hits = int((total == labels + number).sum())
             sum_correct += hits
             sum_correct_by_number[number] += hits
@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", type=Path, help="a TorchScript file written by the trainer")
-    p.add_argument("--data-dir", type=Path, default=Path("data"),
-                   help="folder holding MNIST/raw/t10k-*.gz")
+    p.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="folder holding MNIST/raw/t10k-*.gz"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = p.parse_args(argv)
     device = torch.device(args.device)

@@ -37,7 +37,9 @@ def mflops_per_image(model: DigitSumNet) -> float:
 
 
 @torch.inference_mode()
-def images_per_second(model: torch.jit.ScriptModule, batch_size: int, seconds: float = 2.0) -> float:
+def images_per_second(
+    model: torch.jit.ScriptModule, batch_size: int, seconds: float = 2.0
+) -> float:
     """CPU throughput of the scripted model at one batch size (median of 5 timed slices)."""
     image = torch.rand(batch_size, 1, 28, 28)
     number = torch.randint(0, 10, (batch_size,))
@@ -62,12 +64,13 @@ def script_model(model: DigitSumNet) -> torch.jit.ScriptModule:
 
 
 def save_checkpoint(scripted: torch.jit.ScriptModule, card: dict[str, Any], out_dir: Path) -> Path:
-    """Write digitsum.pt (with the card inside) and digitsum.json atomically; return the .pt path."""
+    """Write digitsum.pt (card inside) and digitsum.json atomically; return the .pt path."""
     path = out_dir / MODEL_FILE
     extra = {CARD_EXTRA_FILE: json.dumps(card, indent=2, sort_keys=True)}
     atomic_write(path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
-    file_card = dict(card, file={"name": MODEL_FILE, "sha256": sha256_of(path),
-                                 "bytes": path.stat().st_size})
+    file_card = dict(
+        card, file={"name": MODEL_FILE, "sha256": sha256_of(path), "bytes": path.stat().st_size}
+    )
     atomic_write_text(out_dir / CARD_FILE, json.dumps(file_card, indent=2, sort_keys=True) + "\n")
     return path
 

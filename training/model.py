@@ -6,6 +6,7 @@ Kept scriptable (TorchScript) and free of training imports: `export.py` scripts 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -41,13 +42,16 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
 
 
 class DigitSumNet(nn.Module):
-    """forward(image (B,1,28,28) float in [0,1], number (B,) int64 in 0..9) -> (digit (B,10), sum (B,19)).
+    """forward(image (B,1,28,28) in [0,1], number (B,) int64 0..9) -> (digit (B,10), sum (B,19)).
 
-    The sum head sees the image features and a learned embedding of the number, and is trained
-    jointly with the digit head; nothing adds argmax(digit) + number after the fact.
+    The sum head is a small MLP that sees the image features, the digit head's belief (softmax)
+    and a learned embedding of the number; it is trained jointly with the digit head and learns
+    the addition table itself. Nothing adds argmax(digit) + number after the fact.
     """
 
-    __jit_ignored_attributes__ = ["config"]  # plain Python; the card carries it instead
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["config"]  # the card carries it instead
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -70,7 +74,7 @@ class DigitSumNet(nn.Module):
         self.digit_head = nn.Linear(cfg.feature_dim, NUM_DIGITS)
         self.number_embedding = nn.Embedding(NUM_DIGITS, cfg.number_dim)
         self.sum_head = nn.Sequential(
-            nn.Linear(cfg.feature_dim + cfg.number_dim, cfg.sum_hidden),
+            nn.Linear(cfg.feature_dim + NUM_DIGITS + cfg.number_dim, cfg.sum_hidden),
             nn.ReLU(inplace=True),
             nn.Linear(cfg.sum_hidden, NUM_SUMS),
         )
@@ -80,16 +84,20 @@ class DigitSumNet(nn.Module):
     @torch.jit.export
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 1, 28, 28) in [0, 1] -> image features (B, feature_dim)."""
-        return self.trunk((image - self.mean) / self.std)
+        features: torch.Tensor = self.trunk((image - self.mean) / self.std)
+        return features
 
     @torch.jit.export
     def heads(
         self, features: torch.Tensor, number: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (B, F) and number (B,) -> (digit_logits (B, 10), sum_logits (B, 19))."""
-        digit_logits = self.digit_head(features)
+        digit_logits = self.digit_head(features)  # (B, 10)
         number_features = self.number_embedding(number)  # (B, number_dim)
-        sum_logits = self.sum_head(torch.cat([features, number_features], dim=1))
+        # Reading the digit head's belief keeps the two heads' answers consistent on ambiguous
+        # images; the features keep the sum head free to disagree where they say otherwise.
+        belief = digit_logits.softmax(1)  # (B, 10)
+        sum_logits = self.sum_head(torch.cat([features, belief, number_features], dim=1))
         return digit_logits, sum_logits
 
     def forward(

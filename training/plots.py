@@ -40,10 +40,22 @@ def save_confusion_matrix(confusion: list[list[int]], path: Path) -> None:
     for i, row in enumerate(confusion):
         for j, count in enumerate(row):
             if count:
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
-                        color="grey" if i == j else "black")
-    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted digit", ylabel="true digit",
-           title="Digit confusion on MNIST test (errors in red)")
+                ax.text(
+                    j,
+                    i,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="grey" if i == j else "black",
+                )
+    ax.set(
+        xticks=range(10),
+        yticks=range(10),
+        xlabel="predicted digit",
+        ylabel="true digit",
+        title="Digit confusion on MNIST test (errors in red)",
+    )
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

@@ -1,7 +1,7 @@
 """The trainer: train_one_epoch / evaluate / main(argv).
 
-    python -m training --data-dir ../shared/data            # one process, CUDA when present
-    torchrun --nproc-per-node 2 -m training --device cpu     # DistributedDataParallel (gloo/NCCL)
+python -m training --data-dir ../shared/data            # one process, CUDA when present
+torchrun --nproc-per-node 2 -m training --device cpu     # DistributedDataParallel (gloo/NCCL)
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -35,7 +36,6 @@ from training.data import (
     dataset_checksums,
     ensure_mnist,
     load_split,
-    random_numbers,
 )
 from training.evaluate import Metrics, evaluate_pairs
 from training.model import NUM_SUMS, DigitSumNet
@@ -65,7 +65,9 @@ def pick_device(name: str, local_rank: int) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DataError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+            raise DataError(
+                f"--device {name}: CUDA is not available on this machine; use --device cpu"
+            )
         return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
     return torch.device("cpu")
 
@@ -144,8 +146,14 @@ def train_one_epoch(
     use_bf16 = rt.device.type == "cuda"
     steps = len(indices) // cfg.batch_size  # drop the ragged last batch: BatchNorm needs > 1
     total = torch.zeros((), device=rt.device)
-    bar = tqdm(range(steps), desc=f"epoch {epoch}", leave=False, disable=not rt.is_main,
-               dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        range(steps),
+        desc=f"epoch {epoch}",
+        leave=False,
+        disable=not rt.is_main,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     for step in bar:
         batch = indices[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(rt.device)
         number = numbers[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(rt.device)
@@ -198,7 +206,8 @@ def build_card(
     argv: list[str],
 ) -> dict[str, Any]:
     device_name = (
-        torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda"
+        torch.cuda.get_device_name(rt.device)
+        if rt.device.type == "cuda"
         else f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     )
     return {
@@ -223,6 +232,9 @@ def build_card(
             "processes": rt.world_size,
             "device": device_name,
             "seconds": round(train_seconds, 1),
+            "median_epoch_seconds": round(
+                statistics.median(h["seconds"] for h in history) if history else 0.0, 1
+            ),
             "history": history,
         },
         "dataset": {
@@ -239,8 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_args(argv)
     if cfg.smoke:
-        cfg = replace(cfg, epochs=min(cfg.epochs, SMOKE_MAX_EPOCHS), batch_size=min(cfg.batch_size, 64),
-                      ema_decay=min(cfg.ema_decay, 0.9))
+        cfg = replace(
+            cfg,
+            epochs=min(cfg.epochs, SMOKE_MAX_EPOCHS),
+            batch_size=min(cfg.batch_size, 64),
+            ema_decay=min(cfg.ema_decay, 0.9),
+        )
     try:
         rt = setup_runtime(cfg)
         train, test, checksums = load_data(cfg, rt.device)
@@ -255,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(
-    cfg: TrainConfig, rt: Runtime, train: Split, test: Split, checksums: dict[str, str],
+    cfg: TrainConfig,
+    rt: Runtime,
+    train: Split,
+    test: Split,
+    checksums: dict[str, str],
     argv: list[str],
 ) -> int:
     torch.manual_seed(cfg.seed)
@@ -266,7 +286,10 @@ def run(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = (len(train) // rt.world_size) // cfg.batch_size
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=max(steps_per_epoch, 1),
+        optimizer,
+        max_lr=cfg.lr,
+        epochs=cfg.epochs,
+        steps_per_epoch=max(steps_per_epoch, 1),
         pct_start=0.2,
     )
     history: list[dict[str, float]] = []
@@ -275,8 +298,11 @@ def run(
         state = torch.load(cfg.state, map_location=rt.device, weights_only=False)
         changed = [k for k in RESUME_MUST_MATCH if state["config"][k] != cfg.to_dict()[k]]
         if changed:
-            print(f"error: cannot resume {cfg.state}: it was started with different "
-                  f"{', '.join('--' + k.replace('_', '-') for k in changed)}", file=sys.stderr)
+            print(
+                f"error: cannot resume {cfg.state}: it was started with different "
+                f"{', '.join('--' + k.replace('_', '-') for k in changed)}",
+                file=sys.stderr,
+            )
             return 2
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -288,10 +314,15 @@ def run(
             print(f"resumed from {cfg.state} after epoch {state['epoch']}", flush=True)
     net: torch.nn.Module = model
     if rt.world_size > 1:
-        net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        net = DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+        )
     if rt.is_main:
-        print(f"training on {rt.device} x{rt.world_size}: {len(train):,} images, "
-              f"{export.count_parameters(model):,} parameters", flush=True)
+        print(
+            f"training on {rt.device} x{rt.world_size}: {len(train):,} images, "
+            f"{export.count_parameters(model):,} parameters",
+            flush=True,
+        )
 
     metrics: Metrics | None = None
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -303,18 +334,36 @@ def run(
         train_seconds += seconds
         if rt.is_main:
             ema.eval()
-            metrics = evaluate_pairs(ema.module, test, rt.device)
-            history.append({"epoch": epoch, "train_loss": round(loss, 5), "seconds": round(seconds, 2),
-                            "digit_accuracy": metrics.digit_accuracy, "sum_accuracy": metrics.sum_accuracy,
-                            "consistency": metrics.consistency})
-            print(f"epoch {epoch:3d}/{cfg.epochs}  loss {loss:.4f}  digit {metrics.digit_accuracy:.2%}  "
-                  f"sum {metrics.sum_accuracy:.2%}  consistency {metrics.consistency:.2%}  "
-                  f"{seconds:.1f}s", flush=True)
-            save_state(cfg.state, {"model": model.state_dict(), "ema": ema.state_dict(),
-                                   "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(), "epoch": epoch,
-                                   "history": history, "train_seconds": train_seconds,
-                                   "config": cfg.to_dict()})
+            metrics = evaluate_pairs(cast(DigitSumNet, ema.module), test, rt.device)
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": round(loss, 5),
+                    "seconds": round(seconds, 2),
+                    "digit_accuracy": metrics.digit_accuracy,
+                    "sum_accuracy": metrics.sum_accuracy,
+                    "consistency": metrics.consistency,
+                }
+            )
+            print(
+                f"epoch {epoch:3d}/{cfg.epochs}  loss {loss:.4f}  "
+                f"digit {metrics.digit_accuracy:.2%}  sum {metrics.sum_accuracy:.2%}  "
+                f"consistency {metrics.consistency:.2%}  {seconds:.1f}s",
+                flush=True,
+            )
+            save_state(
+                cfg.state,
+                {
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "train_seconds": train_seconds,
+                    "config": cfg.to_dict(),
+                },
+            )
         if rt.world_size > 1:
             dist.barrier()
 
@@ -322,7 +371,7 @@ def run(
         return 0
     if metrics is None:  # resumed a finished run: score it again for the card
         ema.eval()
-        metrics = evaluate_pairs(ema.module, test, rt.device)
+        metrics = evaluate_pairs(cast(DigitSumNet, ema.module), test, rt.device)
     final = DigitSumNet(cfg.model)
     final.load_state_dict({k: v.cpu() for k, v in ema.module.state_dict().items()})
     final.eval()
@@ -334,12 +383,21 @@ def run(
     path = export.save_checkpoint(scripted, card, cfg.out)
     drift = export.check_round_trip(final, path)
     if drift > 1e-4:
-        print(f"error: reloaded {path} differs from the trained model by {drift:.2e}", file=sys.stderr)
+        print(
+            f"error: reloaded {path} differs from the trained model by {drift:.2e}", file=sys.stderr
+        )
         return 1
     plots.save_learning_curves(history, cfg.out / "learning_curves.png")
     plots.save_confusion_matrix(metrics.confusion, cfg.out / "confusion_matrix.png")
     print(metrics.table())
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB) and {cfg.out / export.CARD_FILE}")
-    print(json.dumps({"cpu_images_per_second": card["cpu_images_per_second"],
-                      "parameters": card["parameters"], "mflops": card["mflops_per_image"]}))
+    print(
+        json.dumps(
+            {
+                "cpu_images_per_second": card["cpu_images_per_second"],
+                "parameters": card["parameters"],
+                "mflops": card["mflops_per_image"],
+            }
+        )
+    )
     return 0

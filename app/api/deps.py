@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 
 from app.config import Settings
 from app.errors import Draining, NotReady
-from app.state import Phase, ServiceState
+from app.state import Phase, Runtime, ServiceState
 
 
 def get_service(request: Request) -> ServiceState:
@@ -27,13 +27,13 @@ def get_app_settings(service: ServiceDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_ready_service(service: ServiceDep) -> ServiceState:
-    """The service, or 503 with Retry-After while it loads or drains."""
-    if service.phase is Phase.LOADING:
-        raise NotReady("the model is still loading; retry shortly")
+def get_runtime(service: ServiceDep) -> Runtime:
+    """The loaded model and its batcher, or 503 with Retry-After while loading or draining."""
     if service.phase is Phase.DRAINING:
         raise Draining("this instance is shutting down; retry on another")
-    return service
+    if service.phase is Phase.LOADING or service.runtime is None:
+        raise NotReady("the model is still loading; retry shortly")
+    return service.runtime
 
 
-ReadyServiceDep = Annotated[ServiceState, Depends(get_ready_service)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -20,11 +20,19 @@ from training.data import Split
 
 def _png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height pixels (a decompression bomb's shape)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _assert_error(response: object, status: int, code: str, field: str | None = None) -> None:
@@ -46,8 +54,9 @@ def good_png(mnist_test: Split) -> bytes:
 def _still_serving_after(client: TestClient, good_png: bytes, mnist_test: Split) -> Iterator[None]:
     """After every error case, a normal request still gets the right answer."""
     yield
-    response = client.post("/predict", files={"image": ("ok.png", good_png, "image/png")},
-                           data={"number": "3"})
+    response = client.post(
+        "/predict", files={"image": ("ok.png", good_png, "image/png")}, data={"number": "3"}
+    )
     assert response.status_code == 200
     assert response.json()["sum"] == int(mnist_test.labels[0]) + 3
 
@@ -78,9 +87,12 @@ def test_format_outside_the_allow_list_is_415(client: TestClient) -> None:
     _assert_error(_post(client, tiff, ctype="image/tiff"), 415, "unsupported_format", "image")
 
 
-def test_lying_extension_and_content_type_do_not_matter(client: TestClient, good_png: bytes) -> None:
-    response = client.post("/predict", files={"image": ("digit.gif", good_png, "image/gif")},
-                           data={"number": "0"})
+def test_lying_extension_and_content_type_do_not_matter(
+    client: TestClient, good_png: bytes
+) -> None:
+    response = client.post(
+        "/predict", files={"image": ("digit.gif", good_png, "image/gif")}, data={"number": "0"}
+    )
     assert response.status_code == 200
 
 
@@ -104,18 +116,21 @@ def test_declared_body_over_the_limit_is_413(client: TestClient) -> None:
 
 def test_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
     def chunks() -> Iterator[bytes]:
-        yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x\"\r\n\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="x"\r\n\r\n'
         for _ in range(7):
             yield b"\0" * (1024 * 1024)
 
-    response = client.post("/predict", content=chunks(),
-                           headers={"content-type": "multipart/form-data; boundary=b"})
+    response = client.post(
+        "/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
     assert "content-length" not in {k.lower() for k in response.request.headers}
     _assert_error(response, 413, "payload_too_large")
 
 
-@pytest.mark.parametrize(("number", "why"), [("12", "range"), ("-1", "range"), ("two", "int"),
-                                             ("3.5", "int"), ("", "missing")])
+@pytest.mark.parametrize(
+    ("number", "why"),
+    [("12", "range"), ("-1", "range"), ("two", "int"), ("3.5", "int"), ("", "missing")],
+)
 def test_bad_number_is_422_naming_the_field(
     client: TestClient, good_png: bytes, number: str, why: str
 ) -> None:
@@ -138,16 +153,21 @@ def test_json_instead_of_multipart_is_422(client: TestClient) -> None:
 
 
 def test_batch_with_mismatched_counts_is_422(client: TestClient, good_png: bytes) -> None:
-    response = client.post("/predict/batch", files=[("images", ("a", good_png, "image/png"))] * 2,
-                           data={"numbers": ["1"]})
+    response = client.post(
+        "/predict/batch",
+        files=[("images", ("a", good_png, "image/png"))] * 2,
+        data={"numbers": ["1"]},
+    )
     _assert_error(response, 422, "validation_error", "numbers")
 
 
 def test_batch_over_the_documented_maximum_is_422(good_png: bytes) -> None:
     with TestClient(create_app(make_settings(max_batch_images=3))) as small:
-        response = small.post("/predict/batch",
-                              files=[("images", ("a", good_png, "image/png"))] * 4,
-                              data={"numbers": ["1"] * 4})
+        response = small.post(
+            "/predict/batch",
+            files=[("images", ("a", good_png, "image/png"))] * 4,
+            data={"numbers": ["1"] * 4},
+        )
     _assert_error(response, 422, "validation_error", "images")
 
 
@@ -158,8 +178,9 @@ def test_unknown_route_is_404_json(client: TestClient) -> None:
 def test_not_ready_is_503_with_retry_after(good_png: bytes) -> None:
     app = create_app(make_settings())
     loading = TestClient(app)  # no `with`: the lifespan has not run, the model is not loaded
-    response = loading.post("/predict", files={"image": ("x", good_png, "image/png")},
-                            data={"number": "1"})
+    response = loading.post(
+        "/predict", files={"image": ("x", good_png, "image/png")}, data={"number": "1"}
+    )
     _assert_error(response, 503, "not_ready")
     assert int(response.headers["retry-after"]) > 0
     ready = loading.get("/health/ready")
@@ -184,14 +205,18 @@ def test_unexpected_failure_is_500_with_request_id_and_nothing_internal(
     client: TestClient, good_png: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service: ServiceState = client.app.state.service  # type: ignore[attr-defined]
-    assert service.batcher is not None
+    assert service.runtime is not None
 
     async def broken(*args: object, **kwargs: object) -> object:
         raise RuntimeError("secret internal detail at /srv/app/inference.py")
 
-    monkeypatch.setattr(service.batcher, "predict", broken)
-    response = client.post("/predict", files={"image": ("x", good_png, "image/png")},
-                           data={"number": "1"}, headers={"X-Request-ID": "trace-me-42"})
+    monkeypatch.setattr(service.runtime.batcher, "predict", broken)
+    response = client.post(
+        "/predict",
+        files={"image": ("x", good_png, "image/png")},
+        data={"number": "1"},
+        headers={"X-Request-ID": "trace-me-42"},
+    )
     _assert_error(response, 500, "internal_error")
     assert response.json()["error"]["request_id"] == "trace-me-42"
     assert "secret" not in response.text
@@ -200,8 +225,10 @@ def test_unexpected_failure_is_500_with_request_id_and_nothing_internal(
 
 
 def test_request_id_is_echoed_or_replaced_when_unsafe(client: TestClient) -> None:
-    assert client.get("/health/live", headers={"X-Request-ID": "abc-123"}).headers[
-        "x-request-id"] == "abc-123"
-    replaced = client.get("/health/live", headers={"X-Request-ID": "bad id\twith\"quotes"})
-    assert replaced.headers["x-request-id"] != "bad id\twith\"quotes"
+    assert (
+        client.get("/health/live", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"]
+        == "abc-123"
+    )
+    replaced = client.get("/health/live", headers={"X-Request-ID": 'bad id\twith"quotes'})
+    assert replaced.headers["x-request-id"] != 'bad id\twith"quotes'
     assert len(replaced.headers["x-request-id"]) == 32

@@ -24,7 +24,9 @@ def test_mnist_png_comes_out_unchanged(mnist_test: Split) -> None:
         if torch.equal(prepared.tensor, image):
             identical += 1
         else:
-            shifted = [torch.roll(image, (dy, dx), (1, 2)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+            shifted = [
+                torch.roll(image, (dy, dx), (1, 2)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+            ]
             assert any(torch.equal(prepared.tensor, s) for s in shifted)
     assert identical / 2000 >= 0.95
 
@@ -41,7 +43,8 @@ def test_photo_is_inverted_cropped_and_centred(mnist_test: Split) -> None:
     mass = pixels.sum()
     cy = float((pixels.sum(1) * torch.arange(28)).sum() / mass)
     cx = float((pixels.sum(0) * torch.arange(28)).sum() / mass)
-    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
+    assert abs(cy - 14) <= 1
+    assert abs(cx - 14) <= 1
 
 
 def test_blank_image_gives_an_empty_input() -> None:
@@ -51,9 +54,14 @@ def test_blank_image_gives_an_empty_input() -> None:
 
 @pytest.mark.parametrize(
     ("data", "error"),
-    [(b"", InvalidImage), (b"GIF89a", InvalidImage), (b"II*\x00rest", UnsupportedFormat),
-     (b"%PDF-1.7", UnsupportedFormat), (b"<svg xmlns=...>", UnsupportedFormat),
-     (b"just text", InvalidImage)],
+    [
+        (b"", InvalidImage),
+        (b"GIF89a", InvalidImage),
+        (b"II*\x00rest", UnsupportedFormat),
+        (b"%PDF-1.7", UnsupportedFormat),
+        (b"<svg xmlns=...>", UnsupportedFormat),
+        (b"just text", InvalidImage),
+    ],
 )
 def test_signatures_are_checked_before_any_decoder(data: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):

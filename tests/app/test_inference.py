@@ -24,18 +24,24 @@ def test_frozen_model_gives_the_same_outputs_as_the_file(
 ) -> None:
     images, numbers = mnist_test.images[:512], torch.arange(512) % 10
     with torch.inference_mode():
-        for want, got in zip(shipped_model(images, numbers), loaded.module(images, numbers),
-                             strict=True):
+        for want, got in zip(
+            shipped_model(images, numbers), loaded.module(images, numbers), strict=True
+        ):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
             assert torch.equal(got.argmax(1), want.argmax(1))
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "not found"), (b"", "not a loadable TorchScript"),
-     (b"PK\x03\x04 truncated zip", "not a loadable TorchScript")],
+    [
+        (None, "not found"),
+        (b"", "not a loadable TorchScript"),
+        (b"PK\x03\x04 truncated zip", "not a loadable TorchScript"),
+    ],
 )
-def test_bad_model_files_are_clear_errors(tmp_path: Path, content: bytes | None, message: str) -> None:
+def test_bad_model_files_are_clear_errors(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
     path = tmp_path / "model.pt"
     if content is not None:
         path.write_bytes(content)
@@ -58,12 +64,20 @@ def test_other_torchscript_module_is_refused(tmp_path: Path) -> None:
 
 
 def _batcher(model: LoadedModel, **kwargs: float) -> DynamicBatcher:
-    options: dict[str, float] = {"max_size": 64, "max_wait_s": 0.0, "max_queue": 512,
-                                 "timeout_s": 10.0}
+    options: dict[str, float] = {
+        "max_size": 64,
+        "max_wait_s": 0.0,
+        "max_queue": 512,
+        "timeout_s": 10.0,
+    }
     options.update(kwargs)
-    return DynamicBatcher(model, max_size=int(options["max_size"]),
-                          max_wait_s=options["max_wait_s"], max_queue=int(options["max_queue"]),
-                          timeout_s=options["timeout_s"])
+    return DynamicBatcher(
+        model,
+        max_size=int(options["max_size"]),
+        max_wait_s=options["max_wait_s"],
+        max_queue=int(options["max_queue"]),
+        timeout_s=options["timeout_s"],
+    )
 
 
 def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(
@@ -83,9 +97,11 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(
         batcher = _batcher(loaded, max_size=32, max_wait_s=0.002)
         batcher.start()
         try:
-            return list(await asyncio.gather(*(
-                batcher.predict(mnist_test.images[i], i % 10) for i in range(200)
-            )))
+            return list(
+                await asyncio.gather(
+                    *(batcher.predict(mnist_test.images[i], i % 10) for i in range(200))
+                )
+            )
         finally:
             await batcher.stop()
 
@@ -115,8 +131,9 @@ def test_lone_request_does_not_wait_for_a_batch(loaded: LoadedModel, mnist_test:
 def test_full_queue_answers_overloaded_at_once(loaded: LoadedModel, mnist_test: Split) -> None:
     async def scenario() -> None:
         batcher = _batcher(loaded, max_queue=4)  # not started: nothing drains the queue
-        waiting = [asyncio.ensure_future(batcher.predict(mnist_test.images[0], 0))
-                   for _ in range(4)]
+        waiting = [
+            asyncio.ensure_future(batcher.predict(mnist_test.images[0], 0)) for _ in range(4)
+        ]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded):
             await batcher.predict(mnist_test.images[0], 0)

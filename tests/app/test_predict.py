@@ -13,20 +13,24 @@ from tests.imagegen import encode, mnist_pil, mnist_png, paper_photo
 from training.data import Split
 
 
-def _post(client: TestClient, data: bytes, number: int, name: str = "d.png",
-          ctype: str = "image/png") -> dict[str, object]:
-    response = client.post("/predict", files={"image": (name, data, ctype)},
-                           data={"number": str(number)})
+def _post(
+    client: TestClient, data: bytes, number: int, name: str = "d.png", ctype: str = "image/png"
+) -> dict[str, object]:
+    response = client.post(
+        "/predict", files={"image": (name, data, ctype)}, data={"number": str(number)}
+    )
     assert response.status_code == 200, response.text
     body: dict[str, object] = response.json()
     return body
 
 
-def _batch(client: TestClient, blobs: list[bytes], numbers: list[int],
-           ctype: str = "image/png") -> list[dict[str, object]]:
+def _batch(
+    client: TestClient, blobs: list[bytes], numbers: list[int], ctype: str = "image/png"
+) -> list[dict[str, object]]:
     files = [("images", (f"{i}.img", blob, ctype)) for i, blob in enumerate(blobs)]
-    response = client.post("/predict/batch", files=files,
-                           data={"numbers": [str(n) for n in numbers]})
+    response = client.post(
+        "/predict/batch", files=files, data={"numbers": [str(n) for n in numbers]}
+    )
     assert response.status_code == 200, response.text
     results: list[dict[str, object]] = response.json()["results"]
     return results
@@ -53,8 +57,9 @@ def test_mnist_pngs_score_like_the_tensors(
     with torch.inference_mode():
         digit_logits, sum_logits = shipped_model(mnist_test.images, torch.tensor(numbers))
     tensor_digit = float((digit_logits.argmax(1) == mnist_test.labels).float().mean())
-    tensor_sum = float((sum_logits.argmax(1) == mnist_test.labels + torch.tensor(numbers))
-                       .float().mean())
+    tensor_sum = float(
+        (sum_logits.argmax(1) == mnist_test.labels + torch.tensor(numbers)).float().mean()
+    )
     digit_hits = sum_hits = 0
     for start in range(0, len(mnist_test), 250):
         blobs = [mnist_png(img) for img in mnist_test.images[start : start + 250]]
@@ -88,18 +93,36 @@ def test_photos_of_ink_on_paper_are_recognised(client: TestClient, mnist_test: S
     rng = random.Random(7)
     indices = list(range(0, 10_000, 10))
     blobs = [encode(paper_photo(mnist_test.images[i], rng), "JPEG", quality=85) for i in indices]
-    results = [r for start in range(0, len(blobs), 100)  # 100 photos stay under the body limit
-               for r in _batch(client, blobs[start : start + 100], [3] * 100, ctype="image/jpeg")]
-    hits = sum(r["prediction"]["digit"] == int(mnist_test.labels[i])  # type: ignore[index]
-               for r, i in zip(results, indices, strict=True))
+    results = [
+        r
+        for start in range(0, len(blobs), 100)  # 100 photos stay under the body limit
+        for r in _batch(client, blobs[start : start + 100], [3] * 100, ctype="image/jpeg")
+    ]
+    hits = sum(
+        r["prediction"]["digit"] == int(mnist_test.labels[i])  # type: ignore[index]
+        for r, i in zip(results, indices, strict=True)
+    )
     assert hits / len(indices) >= 0.99
 
 
 @pytest.mark.parametrize(
     ("fmt", "mode"),
-    [("PNG", "L"), ("PNG", "LA"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "P"), ("PNG", "I;16"),
-     ("JPEG", "L"), ("JPEG", "RGB"), ("JPEG", "CMYK"), ("WEBP", "RGB"), ("WEBP", "RGBA"),
-     ("BMP", "RGB"), ("BMP", "P"), ("GIF", "P")],
+    [
+        ("PNG", "L"),
+        ("PNG", "LA"),
+        ("PNG", "RGB"),
+        ("PNG", "RGBA"),
+        ("PNG", "P"),
+        ("PNG", "I;16"),
+        ("JPEG", "L"),
+        ("JPEG", "RGB"),
+        ("JPEG", "CMYK"),
+        ("WEBP", "RGB"),
+        ("WEBP", "RGBA"),
+        ("BMP", "RGB"),
+        ("BMP", "P"),
+        ("GIF", "P"),
+    ],
 )
 def test_formats_and_modes_are_read_alike(
     client: TestClient, mnist_test: Split, fmt: str, mode: str
@@ -107,8 +130,11 @@ def test_formats_and_modes_are_read_alike(
     label = int(mnist_test.labels[1])
     image = mnist_pil(mnist_test.images[1]).resize((112, 112), Image.Resampling.BICUBIC)
     if mode == "I;16":
-        converted = Image.frombytes("I;16", image.size, bytes(
-            b for v in image.tobytes() for b in (v * 257).to_bytes(2, "little")))
+        converted = Image.frombytes(
+            "I;16",
+            image.size,
+            bytes(b for v in image.tobytes() for b in (v * 257).to_bytes(2, "little")),
+        )
     elif mode in ("LA", "RGBA"):
         # ink drawn on a transparent sheet: alpha carries the digit, colour is flat black
         converted = Image.new(mode, image.size)
@@ -143,9 +169,11 @@ def test_include_input_returns_the_28x28_image_the_model_saw(
     import base64
     import io
 
-    response = client.post("/predict?include_input=true",
-                           files={"image": ("d.png", mnist_png(mnist_test.images[0]), "image/png")},
-                           data={"number": "1"})
+    response = client.post(
+        "/predict?include_input=true",
+        files={"image": ("d.png", mnist_png(mnist_test.images[0]), "image/png")},
+        data={"number": "1"},
+    )
     assert response.status_code == 200
     seen = Image.open(io.BytesIO(base64.b64decode(response.json()["input_png"])))
     assert seen.size == (28, 28)

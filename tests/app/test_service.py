@@ -36,8 +36,11 @@ def test_model_card_names_the_file_and_device(client: TestClient) -> None:
 def test_metrics_count_requests_predictions_and_errors(
     client: TestClient, mnist_test: Split
 ) -> None:
-    client.post("/predict", files={"image": ("x", mnist_png(mnist_test.images[0]), "image/png")},
-                data={"number": "1"})
+    client.post(
+        "/predict",
+        files={"image": ("x", mnist_png(mnist_test.images[0]), "image/png")},
+        data={"number": "1"},
+    )
     client.post("/predict", files={"image": ("x", b"nope", "image/png")}, data={"number": "1"})
     response = client.get("/metrics")
     assert response.status_code == 200
@@ -46,7 +49,7 @@ def test_metrics_count_requests_predictions_and_errors(
     label = int(mnist_test.labels[0])
     for needle in (
         'digitsum_requests_total{method="POST",route="/predict",status="200"}',
-        'digitsum_request_duration_seconds_bucket{',
+        "digitsum_request_duration_seconds_bucket{",
         "digitsum_inference_seconds_count",
         f'digitsum_predictions_total{{digit="{label}"}}',
         'digitsum_errors_total{code="invalid_image"}',
@@ -61,8 +64,14 @@ def test_metrics_count_requests_predictions_and_errors(
 def test_openapi_lists_every_endpoint_field_and_error(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
-    for path in ("/predict", "/predict/batch", "/health/live", "/health/ready", "/model",
-                 "/metrics"):
+    for path in (
+        "/predict",
+        "/predict/batch",
+        "/health/live",
+        "/health/ready",
+        "/model",
+        "/metrics",
+    ):
         assert path in paths, path
     predict = paths["/predict"]["post"]
     schema_ref = predict["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]

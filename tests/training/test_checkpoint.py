@@ -34,7 +34,11 @@ def scores(shipped_model: torch.jit.ScriptModule, mnist_test: Split) -> dict[str
                     digit_hits += int((digit == labels).sum())
                 sum_hits += int((total == labels + number).sum())
                 consistent += int((total == digit + number).sum())
-    return {"digit": digit_hits / n, "sum": sum_hits / (10 * n), "consistency": consistent / (10 * n)}
+    return {
+        "digit": digit_hits / n,
+        "sum": sum_hits / (10 * n),
+        "consistency": consistent / (10 * n),
+    }
 
 
 def test_checkpoint_digit_accuracy_meets_bar(scores: dict[str, float]) -> None:
@@ -58,8 +62,16 @@ def test_checkpoint_card_states_the_measured_metrics(scores: dict[str, float]) -
     assert card["metrics"]["consistency"] == pytest.approx(scores["consistency"], abs=1e-6)
     file_card = json.loads(MODEL_PATH.with_suffix(".json").read_text())
     assert file_card["metrics"] == card["metrics"]
-    for key in ("version", "parameters", "mflops_per_image", "cpu_images_per_second", "dataset",
-                "training", "torch_version", "created"):
+    for key in (
+        "version",
+        "parameters",
+        "mflops_per_image",
+        "cpu_images_per_second",
+        "dataset",
+        "training",
+        "torch_version",
+        "created",
+    ):
         assert key in card, key
 
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from tests.conftest import REPO_ROOT, TEST_DATA_DIR
+from training import train as train_module
 from training.data import MNIST_FILES, DataError, ensure_mnist
 from training.model import DigitSumNet, ModelConfig
-from training import train as train_module
 from training.train import main
 
 SHIPPED_RAW = TEST_DATA_DIR / "MNIST" / "raw"
@@ -51,8 +51,20 @@ def sliced_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _smoke_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data-dir", str(data), "--out", str(out), "--state", str(out / "state.pt"),
-            "--device", "cpu", "--smoke", "--skip-checksums", "--no-download", *extra]
+    return [
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--state",
+        str(out / "state.pt"),
+        "--device",
+        "cpu",
+        "--smoke",
+        "--skip-checksums",
+        "--no-download",
+        *extra,
+    ]
 
 
 def test_smoke_training_exports_a_checkpoint_that_matches_the_eager_model(
@@ -60,14 +72,17 @@ def test_smoke_training_exports_a_checkpoint_that_matches_the_eager_model(
 ) -> None:
     assert main(_smoke_args(sliced_mnist, tmp_path, "--epochs", "1")) == 0
     extra = {"metadata.json": ""}
-    scripted = torch.jit.load(str(tmp_path / "digitsum.pt"), map_location="cpu",
-                              _extra_files=extra).eval()
+    scripted = torch.jit.load(
+        str(tmp_path / "digitsum.pt"), map_location="cpu", _extra_files=extra
+    ).eval()
     card = json.loads(extra["metadata.json"])
-    eager = DigitSumNet(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                       for k, v in card["model"].items()}))
+    eager = DigitSumNet(
+        ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["model"].items()})
+    )
     state = torch.load(tmp_path / "state.pt", weights_only=False)
-    ema_weights = {k.removeprefix("module."): v for k, v in state["ema"].items()
-                   if k.startswith("module.")}
+    ema_weights = {
+        k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")
+    }
     eager.load_state_dict(ema_weights)
     eager.eval()
     image, number = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
@@ -81,7 +96,9 @@ def test_smoke_training_exports_a_checkpoint_that_matches_the_eager_model(
 
 
 def test_run_killed_mid_epoch_leaves_outputs_untouched_and_resumes(
-    sliced_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    sliced_mnist: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "models"
@@ -98,7 +115,8 @@ def test_run_killed_mid_epoch_leaves_outputs_untouched_and_resumes(
     with pytest.raises(KeyboardInterrupt):
         main(_smoke_args(sliced_mnist, out, "--epochs", "2", "--state", str(tmp_path / "s.pt")))
     assert (out / "digitsum.pt").read_bytes() == b"the checkpoint shipped before"
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob(".*.tmp"))
     assert [h["epoch"] for h in torch.load(tmp_path / "s.pt", weights_only=False)["history"]] == [1]
 
     monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
@@ -123,7 +141,7 @@ def test_wrong_checksum_is_a_clear_error(tmp_path: Path) -> None:
     raw.mkdir(parents=True)
     for name in MNIST_FILES:
         (raw / name).write_bytes(gzip.compress(b"not mnist"))
-    with pytest.raises(DataError, match="checksum mismatch .* delete it to download again"):
+    with pytest.raises(DataError, match=r"checksum mismatch .* delete it to download again"):
         ensure_mnist(tmp_path, download=False)
 
 
@@ -144,7 +162,7 @@ def test_missing_files_without_network_say_what_to_do(
 
 
 def test_no_download_flag_reports_the_missing_files(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="MNIST files missing in .*train-images-idx3-ubyte.gz"):
+    with pytest.raises(DataError, match=r"MNIST files missing in .*train-images-idx3-ubyte\.gz"):
         ensure_mnist(tmp_path, download=False)
 
 
@@ -173,9 +191,23 @@ def test_read_only_data_folder_is_enough(tmp_path: Path) -> None:
 def test_two_process_gloo_training(sliced_mnist: Path, tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "training", *_smoke_args(sliced_mnist, tmp_path, "--epochs", "1", "--threads", "1")],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "training",
+            *_smoke_args(sliced_mnist, tmp_path, "--epochs", "1", "--threads", "1"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training on cpu x2" in result.stdout

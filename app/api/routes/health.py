@@ -27,5 +27,6 @@ async def ready(service: ServiceDep) -> JSONResponse:
     if service.phase is Phase.READY:
         return JSONResponse({"status": "ready"})
     retry = "2" if service.phase is Phase.LOADING else "5"
-    return JSONResponse({"status": service.phase.value}, status_code=503,
-                        headers={"Retry-After": retry})
+    return JSONResponse(
+        {"status": service.phase.value}, status_code=503, headers={"Retry-After": retry}
+    )

@@ -11,9 +11,13 @@ from app.metrics import QUEUE_DEPTH, REGISTRY
 router = APIRouter(tags=["monitoring"])
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+)
 async def prometheus_metrics(service: ServiceDep) -> Response:
-    if service.batcher is not None:
-        QUEUE_DEPTH.set(service.batcher.depth)
+    if service.runtime is not None:
+        QUEUE_DEPTH.set(service.runtime.batcher.depth)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

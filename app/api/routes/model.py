@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import ReadyServiceDep
+from app.api.deps import RuntimeDep
 from app.schemas import ModelInfo, error_responses
 
 router = APIRouter(tags=["model"])
 
 
-@router.get("/model", response_model=ModelInfo, summary="Model card: version, metrics, hashes",
-            responses=error_responses(503))
-async def model_info(service: ReadyServiceDep) -> ModelInfo:
-    model = service.model
-    assert model is not None
-    return ModelInfo(version=model.version, sha256=model.sha256, device=str(model.device),
-                     card=model.card)
+@router.get(
+    "/model",
+    response_model=ModelInfo,
+    summary="Model card: version, metrics, hashes",
+    responses=error_responses(503),
+)
+async def model_info(runtime: RuntimeDep) -> ModelInfo:
+    model = runtime.model
+    return ModelInfo(
+        version=model.version, sha256=model.sha256, device=str(model.device), card=model.card
+    )

@@ -14,22 +14,23 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from pydantic import Field
 
 from app import metrics
-from app.api.deps import ReadyServiceDep
+from app.api.deps import RuntimeDep
 from app.errors import ServiceError, request_id_of
 from app.imaging import PreparedImage, prepare_image
 from app.inference import Prediction
 from app.schemas import BatchItem, BatchResponse, ErrorDetail, PredictResponse, error_responses
-from app.state import ServiceState
+from app.state import Runtime
 
 router = APIRouter(tags=["predict"])
 
-ImageFile = Annotated[UploadFile, File(
-    description="the digit: PNG, JPEG, WebP, BMP or GIF; a photo or scan of ink on paper is fine"
-)]
+ImageFile = Annotated[
+    UploadFile,
+    File(description="the digit: PNG, JPEG, WebP, BMP or GIF; a photo of ink on paper is fine"),
+]
 Number = Annotated[int, Form(ge=0, le=9, description="the number to add, 0..9")]
-IncludeInput = Annotated[bool, Query(
-    description="also return the 28x28 image the model saw, as a base64 PNG"
-)]
+IncludeInput = Annotated[
+    bool, Query(description="also return the 28x28 image the model saw, as a base64 PNG")
+]
 
 
 def _prepare_all(data: list[bytes], max_pixels: int) -> list[PreparedImage | ServiceError]:
@@ -45,17 +46,19 @@ def _prepare_all(data: list[bytes], max_pixels: int) -> list[PreparedImage | Ser
     return out
 
 
-async def _prepare(service: ServiceState, data: list[bytes]) -> list[PreparedImage | ServiceError]:
+async def _prepare(runtime: Runtime, data: list[bytes]) -> list[PreparedImage | ServiceError]:
     """Decode off the event loop, split across the pool's threads."""
     loop = asyncio.get_running_loop()
-    pool = service.preprocess_pool
-    max_pixels = service.settings.max_image_pixels
+    pool = runtime.preprocess_pool
+    max_pixels = runtime.settings.max_image_pixels
     chunks = max(1, min(len(data), getattr(pool, "_max_workers", 1)))
     size = -(-len(data) // chunks)
-    parts = await asyncio.gather(*(
-        loop.run_in_executor(pool, _prepare_all, data[i : i + size], max_pixels)
-        for i in range(0, len(data), size)
-    ))
+    parts = await asyncio.gather(
+        *(
+            loop.run_in_executor(pool, _prepare_all, data[i : i + size], max_pixels)
+            for i in range(0, len(data), size)
+        )
+    )
     return [item for part in parts for item in part]
 
 
@@ -82,16 +85,15 @@ def _response(
     responses=error_responses(400, 408, 413, 415, 422, 500, 503),
 )
 async def predict(
-    service: ReadyServiceDep, image: ImageFile, number: Number, include_input: IncludeInput = False
+    runtime: RuntimeDep, image: ImageFile, number: Number, include_input: IncludeInput = False
 ) -> PredictResponse:
     """Send `image` (a file) and `number` (0..9) as multipart/form-data. The answer's `sum` comes
     from the network's own sum head; `consistent` says whether it equals `digit + number`."""
-    (prepared,) = await _prepare(service, [await image.read()])
+    (prepared,) = await _prepare(runtime, [await image.read()])
     if isinstance(prepared, ServiceError):
         raise prepared
-    assert service.batcher is not None and service.model is not None  # ready implies both
-    prediction = await service.batcher.predict(prepared.tensor, number)
-    return _response(prediction, number, service.model.version, prepared if include_input else None)
+    prediction = await runtime.batcher.predict(prepared.tensor, number)
+    return _response(prediction, number, runtime.model.version, prepared if include_input else None)
 
 
 @router.post(
@@ -103,7 +105,7 @@ async def predict(
 )
 async def predict_batch(
     request: Request,
-    service: ReadyServiceDep,
+    runtime: RuntimeDep,
     images: Annotated[list[UploadFile], File(description="the images, in order")],
     numbers: Annotated[
         list[Annotated[int, Field(ge=0, le=9)]],
@@ -113,7 +115,7 @@ async def predict_batch(
 ) -> BatchResponse:
     """Repeat the `images` and `numbers` fields once per pair (at most DIGITSUM_MAX_BATCH_IMAGES).
     A bad image fails only its own entry, which carries its own error."""
-    limit = service.settings.max_batch_images
+    limit = runtime.settings.max_batch_images
     if len(images) > limit:
         raise _BatchShapeError(f"at most {limit} images per request, got {len(images)}", "images")
     if len(numbers) != len(images):
@@ -121,23 +123,38 @@ async def predict_batch(
             f"{len(images)} images but {len(numbers)} numbers; send one number per image",
             "numbers",
         )
-    prepared = await _prepare(service, [await f.read() for f in images])
+    prepared = await _prepare(runtime, [await f.read() for f in images])
     good = [(i, p) for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
-    assert service.batcher is not None and service.model is not None
-    predictions = await service.batcher.predict_many([(p.tensor, numbers[i]) for i, p in good])
+    predictions = await runtime.batcher.predict_many([(p.tensor, numbers[i]) for i, p in good])
     by_index = dict(zip((i for i, _ in good), predictions, strict=True))
     request_id = request_id_of(request)
     results: list[BatchItem] = []
     for i, item in enumerate(prepared):
         if isinstance(item, ServiceError):
             metrics.ERRORS.labels(item.code).inc()
-            results.append(BatchItem(index=i, error=ErrorDetail(
-                code=item.code, message=item.message, field=f"images[{i}]", request_id=request_id,
-            )))
+            results.append(
+                BatchItem(
+                    index=i,
+                    error=ErrorDetail(
+                        code=item.code,
+                        message=item.message,
+                        field=f"images[{i}]",
+                        request_id=request_id,
+                    ),
+                )
+            )
         else:
-            results.append(BatchItem(index=i, prediction=_response(
-                by_index[i], numbers[i], service.model.version, item if include_input else None,
-            )))
+            results.append(
+                BatchItem(
+                    index=i,
+                    prediction=_response(
+                        by_index[i],
+                        numbers[i],
+                        runtime.model.version,
+                        item if include_input else None,
+                    ),
+                )
+            )
     return BatchResponse(results=results)
 
 
