@@ -40,7 +40,7 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level)
     try:  # fail fast, before binding the port, with a message rather than a traceback
-        load_model(settings.model_path, resolve_device(settings.device))
+        load_model(settings.model_path, resolve_device(settings.device), settings.precision)
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
         return 2

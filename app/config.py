@@ -19,6 +19,9 @@ class Settings(BaseSettings):
 
     model_path: Path = Field(Path("models/digitsum.pt"), description="TorchScript checkpoint")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="weights and activations on CUDA; half precision is CUDA-only"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, one model each")

@@ -47,6 +47,7 @@ class LoadedModel:
     card: dict[str, Any]
     sha256: str
     device: torch.device
+    dtype: torch.dtype = torch.float32
 
     @property
     def version(self) -> str:
@@ -58,6 +59,7 @@ class LoadedModel:
         if self.device.type == "cuda":
             images = images.pin_memory().to(self.device, non_blocking=True)
             numbers = numbers.pin_memory().to(self.device, non_blocking=True)
+        images = images.to(self.dtype)
         digit_logits, sum_logits = self.module(images, numbers)
         digit_p, digit = digit_logits.float().softmax(1).max(1)
         sum_p, total = sum_logits.float().softmax(1).max(1)
@@ -74,8 +76,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_model(path: Path, device: torch.device) -> LoadedModel:
-    """Load, check the contract with one forward pass, and optimise for inference."""
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_model(path: Path, device: torch.device, precision: str = "fp32") -> LoadedModel:
+    """Load, check the contract with one forward pass, and optimise for inference.
+
+    Half precision (bf16/fp16) is for CUDA only, and only worth it where its argmax agrees with
+    fp32 on the whole MNIST test set (tests/app/test_gpu.py checks that where CUDA exists).
+    """
+    dtype = PRECISIONS[precision]
+    if dtype != torch.float32 and device.type != "cuda":
+        raise ModelLoadError(f"DIGITSUM_PRECISION={precision} needs a CUDA device; use fp32")
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path} (set DIGITSUM_MODEL_PATH)")
     data = path.read_bytes()
@@ -86,7 +98,7 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
             # format's contract (loads with no project code); the warning helps no operator.
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-            module.eval()
+            module.eval().to(dtype)
             frozen = torch.jit.freeze(module)
     except Exception as exc:  # torch raises RuntimeError, ValueError, zipfile errors...
         raise ModelLoadError(f"{path} is not a loadable TorchScript file: {exc}") from exc
@@ -96,7 +108,7 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
         raise ModelLoadError(f"{path}: its {CARD_EXTRA_FILE} is not JSON") from exc
     # Freezing (above) folds BatchNorm into the convolutions and inlines attributes: the same
     # outputs (tests/app/test_inference.py checks), about 1.7x the throughput on CPU.
-    model = LoadedModel(frozen, card, hashlib.sha256(data).hexdigest(), device)
+    model = LoadedModel(frozen, card, hashlib.sha256(data).hexdigest(), device, dtype)
     try:
         (p,) = model.predict(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long))
     except Exception as exc:

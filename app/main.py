@@ -43,7 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     torch.set_num_threads(threads)
     try:
         device = resolve_device(settings.device)
-        model = await asyncio.to_thread(load_model, settings.model_path, device)
+        model = await asyncio.to_thread(load_model, settings.model_path, device, settings.precision)
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
         raise
