@@ -5,9 +5,10 @@
 #                -t digitsum:cpu .                               # CPU only, several GB smaller
 #   docker run --rm -p 8000:8000 digitsum                        # add --gpus all on a GPU host
 #
-# Stages: `requirements` turns pyproject.toml into a requirements file, `build` installs the
-# dependencies into /opt/venv (their own layer, reused while the pins stay the same) and then
-# the app, `runtime` copies only that venv and the model onto a clean base and runs as non-root.
+# Stages: `requirements` turns pyproject.toml into a requirements file; `deps` installs the
+# dependencies into /opt/venv (their own multi-GB layer, reused while the pins stay the same);
+# `wheel` builds our package; `runtime` gets the venv, the model and that wheel on a clean base,
+# and runs as non-root. Nothing from the build stages' pip caches reaches it.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -20,8 +21,8 @@ RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))
 open('torch.txt', 'w').write(''.join(d + '\n' for d in deps if d.startswith('torch'))); \
 open('requirements.txt', 'w').write(''.join(d + '\n' for d in deps))"
 
-# --- build: a venv with the dependencies, then the app ----------------------------------------
-FROM ${PYTHON_IMAGE} AS build
+# --- deps: a venv with the dependencies only ----------------------------------------------------
+FROM ${PYTHON_IMAGE} AS deps
 # Empty: torch and its CUDA libraries come from PyPI and the image runs on CPU and GPU hosts.
 # https://download.pytorch.org/whl/cpu: a CPU-only torch, for a much smaller image.
 ARG TORCH_INDEX_URL=""
@@ -37,11 +38,15 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install --index-url "$TORCH_INDEX_URL" -r /tmp/torch.txt; \
     fi \
     && pip install -r /tmp/requirements.txt
+
+# --- wheel: our own package, built apart so a code change never touches the venv layer --------
+FROM ${PYTHON_IMAGE} AS wheel
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
-# Dependencies are all in place already: install only our package, and check the set is whole.
-RUN pip install --no-deps . && pip check
+RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # --- runtime ------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -51,27 +56,34 @@ ARG UID=10001
 RUN groupadd --gid "$UID" digitsum \
     && useradd --uid "$UID" --gid digitsum --no-log-init --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin digitsum
-COPY --from=build /opt/venv /opt/venv
-WORKDIR /opt/digitsum
-# Owned by root and only readable by the service user, so the process cannot alter its model;
-# --chmod because a checkpoint written by the trainer may be 0600 in the build context.
-COPY --chmod=0644 models/digitsum.pt models/digitsum.json ./models/
+# Layers in the order they change: the venv (pins), the model (retraining), the app (any edit).
+COPY --from=deps /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     DIGITSUM_HOST=0.0.0.0 \
     DIGITSUM_PORT=8000 \
     DIGITSUM_MODEL_PATH=/opt/digitsum/models/digitsum.pt
+WORKDIR /opt/digitsum
+# Owned by root and only readable by the service user, so the process cannot alter its model;
+# --chmod because a checkpoint written by the trainer may be 0600 in the build context.
+COPY --chmod=0644 models/digitsum.pt models/digitsum.json ./models/
+COPY --from=wheel /wheels /tmp/wheels
+# The dependencies are all in the venv already: install only our wheel, and check the set is whole.
+RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
+    && pip check \
+    && rm -rf /tmp/wheels
 # Another model: mount it and point DIGITSUM_MODEL_PATH at it, e.g.
 #   docker run -v "$PWD/models:/models:ro" -e DIGITSUM_MODEL_PATH=/models/other.pt digitsum
 # (no VOLUME instruction: it would leave an anonymous volume behind every container).
 # Numeric, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
 USER ${UID}:${UID}
 EXPOSE 8000
-# Readiness, with the Python the image already has (no curl): 503 (loading, draining) and
-# refused connections both exit 1.
+# Readiness, with the Python the image already has (no curl). One line on purpose (some tools
+# split a command's arguments on newlines): a 503 (loading, draining) or a refused connection
+# raises, the hook prints one line instead of a traceback, and Python exits 1: unhealthy.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request as u\ntry:\n    u.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('DIGITSUM_PORT', '8000'), timeout=2)\nexcept Exception as exc:\n    sys.exit('not ready: %s' % exc)"]
+    CMD ["python", "-c", "import os, sys, urllib.request as u; sys.excepthook = lambda t, e, tb: print('not ready:', e); u.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('DIGITSUM_PORT', '8000'), timeout=2)"]
 # Exec form: python is PID 1 and gets SIGTERM itself. The launcher runs uvicorn with proxy
 # headers (DIGITSUM_FORWARDED_ALLOW_IPS), keep-alive DIGITSUM_KEEPALIVE_S (75 s, longer than a
 # load balancer's usual 60 s idle timeout), and on SIGTERM: readiness 503, DIGITSUM_DRAIN_DELAY_S,
