@@ -32,7 +32,7 @@ then fail "port $PORT is in use on this host; the image's server needs it"; fi
 echo "== build $TAG"
 start=$(date +%s)
 "$CC" build . "$TAG"
-echo "built in $(($(date +%s) - start)) s; size: $(buildah images --format '{{.Size}}' "$TAG" | head -1)"
+echo "built in $(($(date +%s) - start)) s; size: $(buildah images --format '{{.Size}}' "$TAG" | sed -n 1p)"
 
 echo "== inspect"
 "$CC" inspect "$TAG" | python3 -c '
@@ -42,6 +42,9 @@ print("user:", c.get("User"), "| cmd:", c.get("Cmd"), "| entrypoint:", c.get("En
 print("healthcheck:", (c.get("Healthcheck") or {}).get("Test"))
 user = (c.get("User") or "root").split(":")[0]
 sys.exit(0 if user not in ("", "root", "0") else "the image runs as root")'
+
+echo "== health before the server runs (must fail, or the check proves nothing)"
+if "$CC" health "$TAG"; then fail "the HEALTHCHECK passes with no server running"; fi
 
 echo "== run (the image's CMD as its USER, host network)"
 log=$(mktemp)
@@ -58,8 +61,9 @@ until "$CC" health "$TAG" >/dev/null 2>&1; do
   sleep 3
 done
 "$CC" health "$TAG"
+echo "healthy after $((HEALTH_TIMEOUT_S - deadline + $(date +%s))) s"
 
-pid=$(ss -Hltnp "sport = :$PORT" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+pid=$(ss -Hltnp "sport = :$PORT" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | sed -n 1p)
 [[ -n $pid ]] || fail "nothing listens on port $PORT"
 uid=$(stat -c %u "/proc/$pid")
 echo "server: pid $pid, uid $uid, $(tr '\0' ' ' <"/proc/$pid/cmdline")"
@@ -86,11 +90,13 @@ if (answer["digit"], answer["sum"]) != (digit, digit + number):
     sys.exit(f"wrong answer: expected digit {digit}, sum {digit + number}")
 PY
 
-echo "== stop (SIGTERM: drain, then exit)"
-kill -TERM "$runner"
+# SIGTERM to the server itself, as `docker stop` does to the CMD's process (container-check's
+# runner, signalled, stops its container with SIGKILL, which would skip the drain).
+echo "== stop (SIGTERM to pid $pid: drain, then exit)"
+kill -TERM "$pid"
 code=0
 wait "$runner" || code=$?
 trap - EXIT
-tail -n 5 "$log"
-((code == 0)) || fail "the server exited with $code after SIGTERM"
+grep -E '"(draining|stopped)"|Finished server process' "$log" || true
+((code == 0)) || { tail -n 20 "$log"; fail "the server exited with $code after SIGTERM"; }
 echo "container_check: OK: $TAG builds, runs as uid $uid, becomes healthy, answers /predict, exits 0"
