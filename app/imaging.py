@@ -56,6 +56,7 @@ SIZE = 28  # the model's input side
 BOX = 20  # MNIST scales each digit to fit this box
 CENTRE = 14.0  # where MNIST puts a digit's centre of mass (row, column)
 NOISE_FLOOR = 0.15  # after the paper is removed, fainter pixels of a photo are noise, not ink
+WORK_SIDE = 1024  # larger images are shrunk to this side before any per-pixel float work
 
 
 @dataclass(frozen=True)
@@ -119,22 +120,39 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+def _shrink(image: Image.Image) -> Image.Image:
+    """`image` with its longer side cut to WORK_SIDE (box filter, aspect kept), or as it is.
+
+    The digit ends up 20 pixels tall whatever the photo's size, so nothing is lost; the float
+    arrays below then cost a few MB instead of 4 bytes per pixel of a 25 Mpx upload, several
+    times over (a 100 kB PNG of 5000x5000 pixels once took 750 MB at its peak).
+    """
+    width, height = image.size
+    if max(width, height) <= WORK_SIDE:
+        return image
+    scale = WORK_SIDE / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.BOX)
+
+
 def _luminance_and_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """Grey levels (H, W) float32 in [0, 1] and alpha (H, W) in [0, 1] when there is any."""
+    """Grey levels (H, W) float32 in [0, 1] and alpha (H, W) in [0, 1] when there is any, with
+    H and W at most WORK_SIDE."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        grey = np.asarray(image.convert("I"), dtype=np.float32) / 65535.0
+        grey = np.asarray(_shrink(image.convert("I")), dtype=np.float32) / 65535.0
         return np.clip(grey, 0.0, 1.0), None
     if image.mode == "F":
-        return np.clip(np.asarray(image, dtype=np.float32) / 255.0, 0.0, 1.0), None
+        return np.clip(np.asarray(_shrink(image), dtype=np.float32) / 255.0, 0.0, 1.0), None
     has_alpha = "A" in image.getbands() or "transparency" in image.info
     if image.mode == "CMYK":
         image = image.convert("RGB")
     if has_alpha:
-        rgba = image.convert("RGBA")
+        rgba = _shrink(image if image.mode == "RGBA" else image.convert("RGBA"))
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
         grey = np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0
         return grey, alpha
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0, None
+    grey_image = _shrink(image if image.mode == "L" else image.convert("L"))
+    return np.asarray(grey_image, dtype=np.float32) / 255.0, None
 
 
 def _composite(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
