@@ -130,7 +130,7 @@ class ModelInfo(BaseModel):
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the given error statuses, all with ErrorResponse."""
     text = {
-        400: "Not an image, truncated, undecodable, or too many pixels",
+        400: "Not an image, truncated, undecodable, too many pixels, or a malformed form body",
         408: "The body arrived too slowly",
         413: "Body over the upload limit",
         415: "An image format outside PNG, JPEG, WebP, BMP, GIF",

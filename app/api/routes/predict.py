@@ -85,10 +85,23 @@ def _response(
     responses=error_responses(400, 408, 413, 415, 422, 500, 503),
 )
 async def predict(
-    runtime: RuntimeDep, image: ImageFile, number: Number, include_input: IncludeInput = False
+    request: Request,
+    runtime: RuntimeDep,
+    image: ImageFile,
+    number: Number,
+    include_input: IncludeInput = False,
 ) -> PredictResponse:
     """Send `image` (a file) and `number` (0..9) as multipart/form-data. The answer's `sum` comes
     from the network's own sum head; `consistent` says whether it equals `digit + number`."""
+    form = await request.form()  # parsed once already, for the parameters above
+    for name in ("image", "number"):
+        # FastAPI keeps the last of repeated fields; answering for one of many would mislead.
+        if len(form.getlist(name)) > 1:
+            raise _FormShapeError(
+                f"send one {name} field, not {len(form.getlist(name))}; "
+                "/predict/batch takes many images",
+                name,
+            )
     (prepared,) = await _prepare(runtime, [await image.read()])
     if isinstance(prepared, ServiceError):
         raise prepared
@@ -117,9 +130,9 @@ async def predict_batch(
     A bad image fails only its own entry, which carries its own error."""
     limit = runtime.settings.max_batch_images
     if len(images) > limit:
-        raise _BatchShapeError(f"at most {limit} images per request, got {len(images)}", "images")
+        raise _FormShapeError(f"at most {limit} images per request, got {len(images)}", "images")
     if len(numbers) != len(images):
-        raise _BatchShapeError(
+        raise _FormShapeError(
             f"{len(images)} images but {len(numbers)} numbers; send one number per image",
             "numbers",
         )
@@ -158,7 +171,7 @@ async def predict_batch(
     return BatchResponse(results=results)
 
 
-class _BatchShapeError(ServiceError):
+class _FormShapeError(ServiceError):
     status, code = 422, "validation_error"
 
     def __init__(self, message: str, field: str) -> None:
