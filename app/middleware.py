@@ -22,6 +22,10 @@ access_log = logging.getLogger("digitsum.access")
 log = logging.getLogger("digitsum")
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# A body that keeps every pause under the per-chunk timeout can still take forever (one byte a
+# second, say). Once the body has been arriving for longer than that timeout, it must also have
+# averaged this rate, as Apache's mod_reqtimeout does with its MinRate (there 500 bytes/s).
+MIN_BODY_BYTES_PER_S = 1024
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -32,9 +36,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestContextMiddleware:
-    """Tags each request with an id (echoed as X-Request-ID), enforces the body size limit and a
-    per-chunk body timeout without reading more than the limit, and records metrics and one
-    structured access-log line."""
+    """Tags each request with an id (echoed as X-Request-ID), enforces the body size limit, a
+    per-chunk body timeout and a minimum body rate without reading more than the limit, and
+    records metrics and one structured access-log line."""
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
@@ -61,12 +65,13 @@ class RequestContextMiddleware:
                 MutableHeaders(scope=message).append("X-Request-ID", request_id)
             await send(message)
 
-        received, body_done = 0, False
+        received, body_done, body_started = 0, False, 0.0
 
         async def receive_limited() -> Message:
-            nonlocal received, body_done
+            nonlocal received, body_done, body_started
             if body_done:
                 return await receive()
+            body_started = body_started or time.perf_counter()
             try:
                 async with asyncio.timeout(self.body_timeout_s):
                     message = await receive()
@@ -79,6 +84,15 @@ class RequestContextMiddleware:
                 if received > self.max_body_bytes:
                     raise PayloadTooLarge(self._too_large_message())
                 body_done = not message.get("more_body", False)
+                elapsed = time.perf_counter() - body_started
+                if (
+                    not body_done
+                    and elapsed > self.body_timeout_s
+                    and received < MIN_BODY_BYTES_PER_S * elapsed
+                ):
+                    raise BodyTimeout(
+                        f"the request body arrived slower than {MIN_BODY_BYTES_PER_S} bytes/s"
+                    )
             return message
 
         try:
