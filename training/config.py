@@ -21,7 +21,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 5e-4
     label_smoothing: float = 0.05
-    agreement_weight: float = 0.5
+    agreement_weight: float = 2.0
     ema_decay: float = 0.999
     seed: int = 0
     device: str = "auto"

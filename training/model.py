@@ -1,9 +1,8 @@
 """DigitSumNet: one image trunk, a digit head, and a sum head that learns to add the number.
 
 Kept scriptable (TorchScript) and free of training imports: `export.py` scripts it as is.
+(No `from __future__ import annotations` here: TorchScript must read the annotations as types.)
 """
-
-from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import ClassVar
