@@ -84,9 +84,11 @@ def render_nginx_conf(listen_port: int, upstream_ports: list[int], workdir: Path
     text = text.replace(match.group(0), servers)
     text = _sub_once(r"^\s*resolver [^;]*;\n", "", text)  # loopback needs no DNS
     text = _sub_once(r"^(\s*)listen 8080;$", rf"\1listen 127.0.0.1:{listen_port};", text)
+    # Workers run as the current user: as root, nginx would otherwise switch them to the
+    # image's `nginx` user (absent here); as anyone else it cannot switch at all.
+    user = "user root;" if os.geteuid() == 0 else ""
+    text = _sub_once(r"^user [^;]*;$", user, text)
     top = [f"error_log {workdir}/error.log info;", f"pid {workdir}/nginx.pid;"]
-    if os.geteuid() == 0:  # otherwise workers drop to `nobody` and cannot use workdir
-        top.append("user root;")
     text = _sub_once(r"^error_log [^;]*;$", "\n".join(top), text)
     paths = [f"access_log {workdir}/access.log digitsum;"] + [
         f"{kind}_temp_path {workdir}/{kind}_temp;"
