@@ -54,7 +54,8 @@ class RequestContextMiddleware:
         request_id = (
             client_id if client_id and _SAFE_REQUEST_ID.fullmatch(client_id) else uuid.uuid4().hex
         )
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"], state["started"] = request_id, started
         status = 500
         started_response = False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -34,11 +35,21 @@ class ServiceState:
     settings: Settings
     phase: Phase = Phase.LOADING
     runtime: Runtime | None = None
+    drain_started: float | None = None  # time.perf_counter() when the drain began
+
+    def started_before_drain(self, started: float | None) -> bool:
+        """Whether a request that started at `started` (perf_counter) was already in flight when
+        the drain began: it is served to the end, since its client sent it to a ready instance."""
+        return (
+            started is not None and self.drain_started is not None and started < self.drain_started
+        )
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase
         metrics.READY.set(1 if phase is Phase.READY else 0)
 
     def begin_drain(self) -> None:
-        """Readiness answers 503 from now on; requests in flight still finish."""
+        """Readiness and new requests answer 503 from now on; requests in flight still finish."""
+        if self.drain_started is None:
+            self.drain_started = time.perf_counter()
         self.set_phase(Phase.DRAINING)

@@ -27,9 +27,11 @@ def get_app_settings(service: ServiceDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_runtime(service: ServiceDep) -> Runtime:
-    """The loaded model and its batcher, or 503 with Retry-After while loading or draining."""
-    if service.phase is Phase.DRAINING:
+def get_runtime(request: Request, service: ServiceDep) -> Runtime:
+    """The loaded model and its batcher, or 503 with Retry-After while loading, or while draining
+    for requests that started after the drain began (those in flight before it are served)."""
+    started = getattr(request.state, "started", None)  # set by RequestContextMiddleware
+    if service.phase is Phase.DRAINING and not service.started_before_drain(started):
         raise Draining("this instance is shutting down; retry on another")
     if service.phase is Phase.LOADING or service.runtime is None:
         raise NotReady("the model is still loading; retry shortly")
