@@ -15,7 +15,7 @@ from pydantic import Field
 
 from app import metrics
 from app.api.deps import RuntimeDep
-from app.errors import ServiceError, request_id_of
+from app.errors import Overloaded, ServiceError, request_id_of
 from app.imaging import PreparedImage, prepare_image
 from app.inference import Prediction
 from app.schemas import BatchItem, BatchResponse, ErrorDetail, PredictResponse, error_responses
@@ -44,6 +44,13 @@ def _prepare_all(data: list[bytes], max_pixels: int) -> list[PreparedImage | Ser
             out.append(exc)
         metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - started)
     return out
+
+
+def _admit(runtime: Runtime, images: int) -> None:
+    """Refuse before decoding when the model's queue has no room: under overload, decoding images
+    that the batcher will refuse anyway only deepens it. The batcher checks again on queueing."""
+    if runtime.batcher.depth + images > runtime.batcher.max_queue:
+        raise Overloaded("the service is at capacity; retry shortly")
 
 
 async def _prepare(runtime: Runtime, data: list[bytes]) -> list[PreparedImage | ServiceError]:
@@ -102,6 +109,7 @@ async def predict(
                 "/predict/batch takes many images",
                 name,
             )
+    _admit(runtime, 1)
     (prepared,) = await _prepare(runtime, [await image.read()])
     if isinstance(prepared, ServiceError):
         raise prepared
@@ -136,6 +144,7 @@ async def predict_batch(
             f"{len(images)} images but {len(numbers)} numbers; send one number per image",
             "numbers",
         )
+    _admit(runtime, len(images))
     prepared = await _prepare(runtime, [await f.read() for f in images])
     good = [(i, p) for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
     predictions = await runtime.batcher.predict_many([(p.tensor, numbers[i]) for i, p in good])
