@@ -127,10 +127,10 @@ async def predict(
 async def predict_batch(
     request: Request,
     runtime: RuntimeDep,
-    images: Annotated[list[UploadFile], File(description="the images, in order")],
+    images: Annotated[list[UploadFile], File(min_length=1, description="the images, in order")],
     numbers: Annotated[
         list[Annotated[int, Field(ge=0, le=9)]],
-        Form(description="one number 0..9 per image, same order"),
+        Form(min_length=1, description="one number 0..9 per image, same order"),
     ],
     include_input: IncludeInput = False,
 ) -> BatchResponse:
