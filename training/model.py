@@ -24,8 +24,6 @@ class ModelConfig:
 
     channels: tuple[int, int, int] = (16, 32, 64)
     feature_dim: int = 128
-    number_dim: int = 32
-    sum_hidden: int = 128
     dropout: float = 0.1
 
     def to_dict(self) -> dict[str, object]:
@@ -43,9 +41,11 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
 class DigitSumNet(nn.Module):
     """forward(image (B,1,28,28) in [0,1], number (B,) int64 0..9) -> (digit (B,10), sum (B,19)).
 
-    The sum head is a small MLP that sees the image features, the digit head's belief (softmax)
-    and a learned embedding of the number; it is trained jointly with the digit head and learns
-    the addition table itself. Nothing adds argmax(digit) + number after the fact.
+    The sum head is a learned addition table: for each number n, a (10 x 19) matrix that maps
+    the digit head's belief (its softmax over 0..9) to 19 sum logits. It starts at zero and is
+    trained jointly with the digit head (its own cross-entropy on digit + number, and agreement
+    with the digit head), so the table of sums is learned from the pairs, not written in code;
+    its gradients flow back into the image trunk too. Nothing adds argmax(digit) + number.
     """
 
     __jit_ignored_attributes__: ClassVar[list[str]] = ["config"]  # the card carries it instead
@@ -71,12 +71,9 @@ class DigitSumNet(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.digit_head = nn.Linear(cfg.feature_dim, NUM_DIGITS)
-        self.number_embedding = nn.Embedding(NUM_DIGITS, cfg.number_dim)
-        self.sum_head = nn.Sequential(
-            nn.Linear(cfg.feature_dim + NUM_DIGITS + cfg.number_dim, cfg.sum_hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(cfg.sum_hidden, NUM_SUMS),
-        )
+        # addition_table[n, d, s]: how much "the digit is d" speaks for "the sum is s" when the
+        # number is n. Zero at the start; what it holds after training is learned.
+        self.addition_table = nn.Parameter(torch.zeros(NUM_DIGITS, NUM_DIGITS, NUM_SUMS))
         self.register_buffer("mean", torch.tensor(MNIST_MEAN))
         self.register_buffer("std", torch.tensor(MNIST_STD))
 
@@ -92,11 +89,9 @@ class DigitSumNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (B, F) and number (B,) -> (digit_logits (B, 10), sum_logits (B, 19))."""
         digit_logits = self.digit_head(features)  # (B, 10)
-        number_features = self.number_embedding(number)  # (B, number_dim)
-        # Reading the digit head's belief keeps the two heads' answers consistent on ambiguous
-        # images; the features keep the sum head free to disagree where they say otherwise.
         belief = digit_logits.softmax(1)  # (B, 10)
-        sum_logits = self.sum_head(torch.cat([features, belief, number_features], dim=1))
+        table = self.addition_table[number]  # (B, 10, 19): this pair's number picks its matrix
+        sum_logits = torch.bmm(belief.unsqueeze(1), table).squeeze(1)  # (B, 19)
         return digit_logits, sum_logits
 
     def forward(
