@@ -17,7 +17,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        tmp.chmod(0o666 & ~umask)  # mkstemp makes it 0600; the result is an ordinary file
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

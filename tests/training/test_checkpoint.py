@@ -79,3 +79,12 @@ def test_checkpoint_contract_shapes(shipped_model: torch.jit.ScriptModule) -> No
     digit_logits, sum_logits = shipped_model(torch.rand(3, 1, 28, 28), torch.tensor([0, 5, 9]))
     assert digit_logits.shape == (3, 10)
     assert sum_logits.shape == (3, 19)
+
+
+def test_the_network_learned_the_addition_table(shipped_model: torch.jit.ScriptModule) -> None:
+    """The sum head's table started at zero; after training, for every number n and digit d
+    its strongest sum is d + n. The network learned to add; no code wrote that table."""
+    table = shipped_model.addition_table  # (number, digit, sum)
+    strongest = table.argmax(2)  # (10, 10)
+    expected = torch.arange(10)[:, None] + torch.arange(10)[None, :]
+    assert torch.equal(strongest, expected)
