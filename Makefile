@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 DATA_DIR ?= data
 
-.PHONY: install serve test lint typecheck pytest train evaluate bench clean
+.PHONY: install serve test lint lint-python typecheck pytest train evaluate bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,12 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m app
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check app training tests
-	$(VENV)/bin/ruff format --check app training tests
+# Python style, then the deployment files, then known vulnerabilities in the pinned dependencies.
+lint: lint-python lint-deploy lint-security
+
+lint-python: $(STAMP)
+	$(VENV)/bin/ruff check app training tests bench scripts
+	$(VENV)/bin/ruff format --check app training tests bench scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -50,9 +50,9 @@ class Metrics:
 
     def table(self) -> str:
         rows = [
-            ("digit accuracy", f"{self.digit_accuracy:.2%}", f"{self.images:,} images"),
-            ("sum accuracy", f"{self.sum_accuracy:.2%}", f"{self.pairs:,} pairs"),
-            ("consistency", f"{self.consistency:.2%}", "sum == digit + number"),
+            ("digit accuracy", f"{self.digit_accuracy:.3%}", f"{self.images:,} images"),
+            ("sum accuracy", f"{self.sum_accuracy:.3%}", f"{self.pairs:,} pairs"),
+            ("consistency", f"{self.consistency:.3%}", "sum == digit + number"),
         ]
         lines = [f"{'metric':<16} {'value':>8}  over", "-" * 44]
         lines += [f"{name:<16} {value:>8}  {over}" for name, value, over in rows]
