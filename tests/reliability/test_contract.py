@@ -16,7 +16,8 @@ stateful sequence to run; each operation is fuzzed on its own.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import hypothesis
@@ -114,7 +115,7 @@ FUZZ_CASES = [(m, p, GenerationMode.POSITIVE) for m, p in OPERATIONS] + [
     ("method", "path", "mode"), FUZZ_CASES, ids=[f"{m} {p} {g.value}" for m, p, g in FUZZ_CASES]
 )
 def test_operation_honours_its_documented_contract(
-    api_schema: Any, method: str, path: str, mode: GenerationMode
+    api_schema: Any, method: str, path: str, mode: GenerationMode, report: Callable[..., None]
 ) -> None:
     operation = api_schema[path][method]
 
@@ -131,6 +132,9 @@ def test_operation_honours_its_documented_contract(
     def fuzz(case: Any, images: list[bytes]) -> None:
         if mode is GenerationMode.POSITIVE:
             _use_real_images(case, images)
-        case.call_and_validate(timeout=30)
+        response = case.call_and_validate(timeout=30)
+        statuses[str(response.status_code)] += 1
 
+    statuses: Counter[str] = Counter()
     fuzz()
+    report("contract", operation=f"{method} {path}", mode=mode.value, statuses=dict(statuses))

@@ -18,6 +18,7 @@ import struct
 import time
 import tracemalloc
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[live_server.Liv
 def client(server: live_server.LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30.0) as http:
         yield http
+
+
+@pytest.fixture(scope="module")
+def figures(
+    server: live_server.LiveServer, report: Callable[..., None]
+) -> Iterator[list[tuple[str, int, float, int]]]:
+    """(case, status, seconds, peak growth in bytes) of every upload, reported at the end."""
+    rows: list[tuple[str, int, float, int]] = []
+    rss_before = server.rss_bytes()
+    yield rows
+    if rows:
+        report(
+            "hostile uploads",
+            cases=len(rows),
+            statuses=dict(Counter(str(status) for _, status, _, _ in rows)),
+            slowest_ms=round(max(seconds for _, _, seconds, _ in rows) * 1e3, 1),
+            largest_peak_growth_mib=round(max(growth for *_, growth in rows) / 2**20, 1),
+            rss_growth_mib=round((server.rss_bytes() - rss_before) / 2**20, 1),
+        )
 
 
 # --- the corpus: each entry builds the request from the digit and the MNIST test set ---------
@@ -314,6 +334,7 @@ def test_hostile_upload_gets_the_documented_answer(
     client: httpx.Client,
     digit: Digit,
     mnist_test: Split,
+    figures: list[tuple[str, int, float, int]],
 ) -> None:
     case = CORPUS[name]
     request = case.build(digit, mnist_test)
@@ -329,13 +350,17 @@ def test_hostile_upload_gets_the_documented_answer(
     else:
         assert_error(response, case.status, case.code)
     growth = _vm_hwm(server.pid) - peak_before
+    figures.append((name, response.status_code, elapsed, growth))
     assert growth < PEAK_GROWTH_BOUND, f"{name}: peak memory grew by {growth / 2**20:.0f} MiB"
     assert server.alive()
     assert_predicts(client, digit)
 
 
 def test_largest_allowed_image_is_answered_within_bounds(
-    server: live_server.LiveServer, client: httpx.Client, digit: Digit
+    server: live_server.LiveServer,
+    client: httpx.Client,
+    digit: Digit,
+    figures: list[tuple[str, int, float, int]],
 ) -> None:
     """5000x5000 RGBA (25 Mpx, just under DIGITSUM_MAX_IMAGE_PIXELS) in a ~100 kB PNG: decoded,
     then shrunk before the float work, so its peak stays a few hundred MB, not ~750 MB."""
@@ -344,9 +369,11 @@ def test_largest_allowed_image_is_answered_within_bounds(
     peak_before = _vm_hwm(server.pid)
     started = time.perf_counter()
     response = client.post("/predict", **_file(data))
-    assert time.perf_counter() - started < CASE_TIME_BOUND_S
+    elapsed = time.perf_counter() - started
+    assert elapsed < CASE_TIME_BOUND_S
     assert response.status_code == 200, response.text
     growth = _vm_hwm(server.pid) - peak_before
+    figures.append(("25 Mpx RGBA PNG", response.status_code, elapsed, growth))
     assert growth < PEAK_GROWTH_BOUND, f"peak memory grew by {growth / 2**20:.0f} MiB"
     assert_predicts(client, digit)
 
