@@ -240,6 +240,12 @@ def markdown(result: dict[str, Any]) -> str:
                     + " | ".join(f"{c['images_per_s']:.0f}" if c else "" for c in cells)
                     + " |"
                 )
+            diffs = device.get("max_abs_diff_vs_torchscript", {})
+            if diffs:
+                lines.append(
+                    "\nLargest logit difference against the file as loaded: "
+                    + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
+                )
             for variant, why in device.get("skipped", {}).items():
                 lines.append(f"\n{variant} skipped: {why}")
             lines.append("")

@@ -22,7 +22,7 @@ from PIL import Image
 
 torch.set_num_threads(1)
 MODEL_PATH = os.environ.get("DIGITSUM_MODEL_PATH", "models/digitsum.pt")
-model = torch.jit.load(MODEL_PATH, map_location="cpu")  # type: ignore[no-untyped-call]
+model = torch.jit.load(MODEL_PATH, map_location="cpu")
 model.eval()
 
 app = FastAPI()
