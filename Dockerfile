@@ -15,7 +15,7 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # --- requirements: the service's pinned dependencies, without the train/dev extras -------------
 FROM ${PYTHON_IMAGE} AS requirements
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml requirements.lock ./
 # torch goes in its own file so it can come from another wheel index (see TORCH_INDEX_URL).
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
 open('torch.txt', 'w').write(''.join(d + '\n' for d in deps if d.startswith('torch'))); \
@@ -33,11 +33,14 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # Copied from the stage above by content: editing pyproject.toml elsewhere (version, extras,
 # tool settings) leaves these files, and so the multi-GB layer below, unchanged.
-COPY --from=requirements /src/requirements.txt /src/torch.txt /tmp/
+COPY --from=requirements /src/requirements.txt /src/torch.txt /src/requirements.lock /tmp/
+# requirements.lock pins the whole closure (what `make lint-security` audits), so the image holds
+# exactly those versions. The CPU-only torch comes alone from its index; its few dependencies then
+# come from PyPI at the locked versions (the lock's CUDA packages are constraints, not installs).
 RUN if [ -n "$TORCH_INDEX_URL" ]; then \
-        pip install --index-url "$TORCH_INDEX_URL" -r /tmp/torch.txt; \
+        pip install --index-url "$TORCH_INDEX_URL" --no-deps -r /tmp/torch.txt; \
     fi \
-    && pip install -r /tmp/requirements.txt
+    && pip install -r /tmp/requirements.txt -c /tmp/requirements.lock
 
 # --- wheel: our own package, built apart so a code change never touches the venv layer --------
 FROM ${PYTHON_IMAGE} AS wheel
