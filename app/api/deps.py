@@ -11,7 +11,7 @@ from app.errors import Draining, NotReady
 from app.state import Phase, Runtime, ServiceState
 
 
-def get_service(request: Request) -> ServiceState:
+async def get_service(request: Request) -> ServiceState:
     service: ServiceState = request.app.state.service
     return service
 
@@ -19,7 +19,7 @@ def get_service(request: Request) -> ServiceState:
 ServiceDep = Annotated[ServiceState, Depends(get_service)]
 
 
-def get_app_settings(service: ServiceDep) -> Settings:
+async def get_app_settings(service: ServiceDep) -> Settings:
     """The settings this app was created with (tests pass their own to create_app)."""
     return service.settings
 
@@ -27,7 +27,7 @@ def get_app_settings(service: ServiceDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_runtime(request: Request, service: ServiceDep) -> Runtime:
+async def get_runtime(request: Request, service: ServiceDep) -> Runtime:
     """The loaded model and its batcher, or 503 with Retry-After while loading, or while draining
     for requests that started after the drain began (those in flight before it are served)."""
     started = getattr(request.state, "started", None)  # set by RequestContextMiddleware
