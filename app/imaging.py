@@ -189,7 +189,7 @@ def _to_white_on_black(grey: np.ndarray) -> tuple[np.ndarray, bool]:
     """
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     half = border.size / 2
-    inverted = np.count_nonzero(border > 0.5) > half  # the border's median is light
+    inverted = bool(np.count_nonzero(border > 0.5) > half)  # the border's median is light
     if inverted:
         grey = 1.0 - grey
         border = 1.0 - border
