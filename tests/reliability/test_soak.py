@@ -43,6 +43,7 @@ def _wrk() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SOAK_S + 120)  # the suite-wide 300 s would cut a longer soak short
 def test_steady_load_has_no_errors_and_bounded_memory(
     tmp_path: Path, digit: Digit, report: Callable[..., None]
 ) -> None:
