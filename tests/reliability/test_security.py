@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,6 +133,11 @@ def test_hostile_request_id_and_path_cannot_forge_log_lines(
     live = client.get("/health/live", headers={"X-Request-ID": "after-the-hostile-ones"})
     assert live.status_code == 200
 
+    # The access line is written just after the answer is sent: wait for the last one.
+    deadline = time.monotonic() + 5
+    while '"request_id": "after-the-hostile-ones"' not in server.log_text()[offset:]:
+        assert time.monotonic() < deadline, "the last request was never logged"
+        time.sleep(0.05)
     records = _records_since(server, offset)
     access = [r for r in records if r["logger"] == "digitsum.access"]
     assert [r["request_id"] for r in access][-1] == "after-the-hostile-ones"
