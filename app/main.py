@@ -89,6 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=package_version("digitsum"),
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Metrics are Prometheus (/metrics) and logs are JSON lines; FastAPI's OpenTelemetry
+        # hooks would otherwise look up the OTel providers on every request for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = ServiceState(settings)
     install_error_handlers(app)

@@ -6,10 +6,11 @@ Pure ASGI (not BaseHTTPMiddleware) so that it adds microseconds, not a task per 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
@@ -22,6 +23,21 @@ access_log = logging.getLogger("digitsum.access")
 log = logging.getLogger("digitsum")
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+class RequestIds:
+    """Ids unique across processes and restarts (16 random hex digits drawn once per process)
+    and cheap per request (a counter): uuid4() reads the OS's random source every time, which
+    profiling showed at a tenth of the event loop's time under load."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
 # A body that keeps every pause under the per-chunk timeout can still take forever (one byte a
 # second, say). Once the body has been arriving for longer than that timeout, it must also have
 # averaged this rate, as Apache's mod_reqtimeout does with its MinRate (there 500 bytes/s).
@@ -44,6 +60,7 @@ class RequestContextMiddleware:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        self.ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,7 +69,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         client_id = _header(scope, b"x-request-id")
         request_id = (
-            client_id if client_id and _SAFE_REQUEST_ID.fullmatch(client_id) else uuid.uuid4().hex
+            client_id if client_id and _SAFE_REQUEST_ID.fullmatch(client_id) else self.ids.next()
         )
         state = scope.setdefault("state", {})
         state["request_id"], state["started"] = request_id, started

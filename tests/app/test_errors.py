@@ -232,3 +232,5 @@ def test_request_id_is_echoed_or_replaced_when_unsafe(client: TestClient) -> Non
     replaced = client.get("/health/live", headers={"X-Request-ID": 'bad id\twith"quotes'})
     assert replaced.headers["x-request-id"] != 'bad id\twith"quotes'
     assert len(replaced.headers["x-request-id"]) == 32
+    again = client.get("/health/live", headers={"X-Request-ID": "bad id"})
+    assert again.headers["x-request-id"] != replaced.headers["x-request-id"]
