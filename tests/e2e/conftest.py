@@ -103,7 +103,9 @@ def artifacts_dir() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in this thread while it is
+# open, which would break later tests (outside tests/e2e) that call asyncio.run().
+@pytest.fixture(scope="package")
 def service_url(artifacts_dir: Path) -> Iterator[str]:
     """Base URL of the real service, started as `python -m app` on a free loopback port."""
     port = _free_loopback_port()
@@ -133,7 +135,7 @@ def service_url(artifacts_dir: Path) -> Iterator[str]:
         _stop(process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     """Debian's Chromium under Playwright; skipped without it, except under CI."""
     if not CHROMIUM.is_file():
