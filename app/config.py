@@ -85,5 +85,10 @@ def _cgroup_quota() -> float | None:
 
 
 def torch_threads_for(settings: Settings) -> int:
-    """Intra-op threads so that threads x workers never exceeds the CPUs we may use."""
-    return settings.torch_threads or max(1, available_cpus() // settings.workers)
+    """Intra-op threads so that threads x workers never exceeds the CPUs we may use, leaving
+    one CPU per worker to its event loop where there are several (on 2 CPUs, 2 torch threads
+    fought the event loop and wrk for the cores: bench/results/2cpu-epyc-shared.md)."""
+    if settings.torch_threads:
+        return settings.torch_threads
+    per_worker = available_cpus() // settings.workers
+    return max(1, per_worker - 1 if per_worker > 1 else per_worker)
