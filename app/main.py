@@ -56,10 +56,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout_s=settings.inference_timeout_s,
     )
     batcher.start()
-    pool = ThreadPoolExecutor(
-        max_workers=settings.preprocess_threads or available_cpus(), thread_name_prefix="decode"
-    )
-    service.runtime = Runtime(settings, model, batcher, pool)
+    decode_threads = settings.preprocess_threads or available_cpus()
+    pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+    service.runtime = Runtime(settings, model, batcher, pool, decode_threads)
     install_drain_handler(service, settings.drain_delay_s)
     service.set_phase(Phase.READY)
     log.info(

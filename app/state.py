@@ -26,6 +26,7 @@ class Runtime:
     model: LoadedModel
     batcher: DynamicBatcher
     preprocess_pool: ThreadPoolExecutor
+    preprocess_threads: int  # the pool's size: a batch's images are split into this many parts
 
 
 @dataclass

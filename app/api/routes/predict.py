@@ -58,7 +58,7 @@ async def _prepare(runtime: Runtime, data: list[bytes]) -> list[PreparedImage | 
     loop = asyncio.get_running_loop()
     pool = runtime.preprocess_pool
     max_pixels = runtime.settings.max_image_pixels
-    chunks = max(1, min(len(data), getattr(pool, "_max_workers", 1)))
+    chunks = max(1, min(len(data), runtime.preprocess_threads))
     size = -(-len(data) // chunks)
     parts = await asyncio.gather(
         *(
