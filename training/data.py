@@ -146,17 +146,12 @@ def load_split(folder: Path, split: str) -> Split:
 
 
 def dataset_checksums(folder: Path) -> dict[str, str]:
-    """MD5 and SHA-256 of each file, for the model card."""
+    """SHA-256 of each file, for the model card."""
     out: dict[str, str] = {}
     for name in MNIST_FILES:
         data = (folder / name).read_bytes()
         out[name] = "sha256:" + hashlib.sha256(data).hexdigest()
     return out
-
-
-def random_numbers(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """A fresh uniform addend 0..9 for each of n images, (n,) int64, drawn from `generator`."""
-    return torch.randint(0, 10, (n,), generator=generator).to(device)
 
 
 def augment(

@@ -1,4 +1,4 @@
-"""Typed dependencies for the routes: the service state, its settings, and 'ready or 503'."""
+"""Typed dependencies for the routes: the service state, and "ready or 503"."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.config import Settings
 from app.errors import Draining, NotReady
 from app.state import Phase, Runtime, ServiceState
 
@@ -17,14 +16,6 @@ async def get_service(request: Request) -> ServiceState:
 
 
 ServiceDep = Annotated[ServiceState, Depends(get_service)]
-
-
-async def get_app_settings(service: ServiceDep) -> Settings:
-    """The settings this app was created with (tests pass their own to create_app)."""
-    return service.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 async def get_runtime(request: Request, service: ServiceDep) -> Runtime:

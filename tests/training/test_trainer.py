@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import REPO_ROOT, TEST_DATA_DIR
 from training import train as train_module
-from training.data import MNIST_FILES, DataError, ensure_mnist
+from training.data import MNIST_FILES, DataError, ensure_mnist, read_idx
 from training.model import DigitSumNet, ModelConfig
 from training.train import main
 
@@ -28,12 +28,6 @@ def _idx_bytes(tensor: torch.Tensor) -> bytes:
     return gzip.compress(header + tensor.to(torch.uint8).numpy().tobytes())
 
 
-def _read_idx(path: Path) -> torch.Tensor:
-    from training.data import read_idx
-
-    return read_idx(path)
-
-
 @pytest.fixture(scope="module")
 def sliced_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir in torchvision's layout, sliced from the shipped test set: 'train' is the first
@@ -42,8 +36,8 @@ def sliced_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mnist")
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    images = _read_idx(SHIPPED_RAW / "t10k-images-idx3-ubyte.gz")
-    labels = _read_idx(SHIPPED_RAW / "t10k-labels-idx1-ubyte.gz")
+    images = read_idx(SHIPPED_RAW / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(SHIPPED_RAW / "t10k-labels-idx1-ubyte.gz")
     for split, part in (("train", slice(0, 1000)), ("t10k", slice(1000, 1300))):
         (raw / f"{split}-images-idx3-ubyte.gz").write_bytes(_idx_bytes(images[part]))
         (raw / f"{split}-labels-idx1-ubyte.gz").write_bytes(_idx_bytes(labels[part]))
