@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.imagegen import mnist_png
+from tests.reliability import live_server
 from training.data import Split
 
 
@@ -27,6 +28,13 @@ class Digit:
 
     png: bytes
     label: int
+
+
+@pytest.fixture
+def client(server: live_server.LiveServer) -> Iterator[httpx.Client]:
+    """An HTTP client of the module's own `server` fixture (each module starts its own)."""
+    with httpx.Client(base_url=server.url, timeout=30.0) as http:
+        yield http
 
 
 @pytest.fixture(scope="session")

@@ -42,12 +42,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[live_server.Liv
     live_server.ensure_stopped(running)
 
 
-@pytest.fixture
-def client(server: live_server.LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30.0) as http:
-        yield http
-
-
 def _preflight(client: httpx.Client, origin: str) -> httpx.Response:
     return client.options(
         "/predict",

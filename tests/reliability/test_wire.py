@@ -32,12 +32,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[live_server.Liv
     live_server.ensure_stopped(running)
 
 
-@pytest.fixture
-def client(server: live_server.LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30.0) as http:
-        yield http
-
-
 @pytest.fixture(autouse=True)
 def _still_serving_after(
     server: live_server.LiveServer, client: httpx.Client, digit: Digit
