@@ -20,7 +20,7 @@ from app.api.routes import health, metrics, model, page, predict
 from app.config import Settings, available_cpus, get_settings, torch_threads_for
 from app.errors import ModelLoadError, install_error_handlers
 from app.inference import DynamicBatcher, load_model, resolve_device, warm_up
-from app.middleware import RequestContextMiddleware
+from app.middleware import PredictFastPath, RequestContextMiddleware
 from app.shutdown import install_drain_handler
 from app.state import Phase, Runtime, ServiceState
 
@@ -54,6 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_wait_s=settings.batch_max_wait_ms / 1e3,
         max_queue=settings.max_queue,
         timeout_s=settings.inference_timeout_s,
+        max_image_pixels=settings.max_image_pixels,
     )
     batcher.start()
     decode_threads = settings.preprocess_threads or available_cpus()
@@ -94,6 +95,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = ServiceState(settings)
     install_error_handlers(app)
+    for router in (predict.router, health.router, model.router, metrics.router):
+        app.include_router(router)
+    app.include_router(page.router)
+    # The last added runs first: RequestContextMiddleware, then CORS, then the fast path.
+    app.add_middleware(PredictFastPath, routes=predict.router.routes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -107,9 +113,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_upload_bytes,
         body_timeout_s=settings.body_timeout_s,
     )
-    for router in (predict.router, health.router, model.router, metrics.router):
-        app.include_router(router)
-    app.include_router(page.router)
     return app
 
 

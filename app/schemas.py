@@ -127,6 +127,49 @@ class ModelInfo(BaseModel):
     card: dict[str, Any] = Field(description="the full card: metrics, training config, data")
 
 
+def _form(properties: dict[str, Any], title: str) -> dict[str, Any]:
+    """An OpenAPI request body of multipart/form-data with these fields, all required."""
+    schema = {"type": "object", "title": title, "properties": properties, "required": [*properties]}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+_FILE = {"type": "string", "contentMediaType": "application/octet-stream"}
+_NUMBER = {"type": "integer", "minimum": 0, "maximum": 9}
+
+# The request bodies of /predict and /predict/batch, as FastAPI would describe File() and Form()
+# parameters; the routes read the body themselves (app/forms.py), so they are declared here.
+PREDICT_FORM = _form(
+    {
+        "image": {
+            **_FILE,
+            "title": "Image",
+            "description": "the digit: PNG, JPEG, WebP, BMP or GIF; a photo of ink on paper is fine",
+        },
+        "number": {**_NUMBER, "title": "Number", "description": "the number to add, 0..9"},
+    },
+    "PredictForm",
+)
+BATCH_FORM = _form(
+    {
+        "images": {
+            "type": "array",
+            "items": _FILE,
+            "minItems": 1,
+            "title": "Images",
+            "description": "the images, in order",
+        },
+        "numbers": {
+            "type": "array",
+            "items": _NUMBER,
+            "minItems": 1,
+            "title": "Numbers",
+            "description": "one number 0..9 per image, same order",
+        },
+    },
+    "BatchForm",
+)
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the given error statuses, all with ErrorResponse."""
     text = {

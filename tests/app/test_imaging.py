@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
-from app.imaging import prepare_image, sniff_format
+from app.imaging import is_light, prepare_batch, prepare_image, sniff_format
 from tests.imagegen import encode, mnist_png, paper_photo
 from training.data import Split
 
@@ -29,6 +30,39 @@ def test_mnist_png_comes_out_unchanged(mnist_test: Split) -> None:
             ]
             assert any(torch.equal(prepared.tensor, s) for s in shifted)
     assert identical / 2000 >= 0.95
+
+
+def test_batch_path_gives_prepare_image_answers_pixel_for_pixel(mnist_test: Split) -> None:
+    """prepare_batch passes MNIST-like images through by a vectorised check; whatever it decides,
+    every image of MNIST's test set, and images it must not pass through, come out as
+    prepare_image makes them."""
+    rng = random.Random(3)
+    uploads = [mnist_png(image) for image in mnist_test.images]
+    digit = (mnist_test.images[7, 0] * 255).round().byte().numpy()
+    uploads += [
+        encode(Image.fromarray(255 - digit)),  # inverted: dark ink on white
+        encode(Image.fromarray(np.roll(digit, (3, -4), (0, 1)))),  # off centre
+        encode(Image.fromarray(digit[2:26, 2:26]).resize((28, 28))),  # larger than 20 pixels
+        encode(Image.fromarray(np.zeros((28, 28), np.uint8))),  # blank
+        encode(Image.fromarray(digit).convert("RGB")),  # colour: the general path
+        encode(Image.fromarray(digit), "JPEG", quality=90),
+        encode(paper_photo(mnist_test.images[3], rng), "JPEG", quality=90),
+        b"not an image",
+    ]
+    batched = [x for at in range(0, len(uploads), 64) for x in prepare_batch(uploads[at : at + 64], 25_000_000)]
+    assert isinstance(batched[-1], InvalidImage)
+    for upload, pixels in zip(uploads[:-1], batched[:-1], strict=True):
+        assert isinstance(pixels, np.ndarray)
+        assert np.array_equal(pixels, prepare_image(upload, 25_000_000).pixels)
+
+
+def test_only_small_pngs_are_light() -> None:
+    assert is_light(encode(Image.new("L", (28, 28))))
+    assert is_light(encode(Image.new("RGB", (64, 64))))
+    assert not is_light(encode(Image.new("L", (65, 64))))
+    assert not is_light(encode(Image.new("L", (8000, 8000)), optimize=True))  # small file, huge image
+    assert not is_light(encode(Image.new("L", (28, 28)), "JPEG"))
+    assert not is_light(b"\x89PNG\r\n\x1a\n")
 
 
 def test_photo_is_inverted_cropped_and_centred(mnist_test: Split) -> None:
