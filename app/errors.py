@@ -143,5 +143,9 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers[name] = value
         return response
 
-    # Anything else is answered 500 by app.middleware.RequestContextMiddleware, which logs the
-    # traceback with the request id and sends INTERNAL_ERROR_MESSAGE, nothing internal.
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's ServerErrorMiddleware answers with this, then re-raises: the traceback is
+        # logged with the request id by app.middleware.RequestContextMiddleware, which also
+        # answers the same way for failures outside FastAPI's stack (the prediction fast path).
+        return error_response(request, 500, "internal_error", INTERNAL_ERROR_MESSAGE)

@@ -1,20 +1,19 @@
-"""The multipart/form-data body of /predict and /predict/batch, read into memory in one pass.
+"""The form body of /predict and /predict/batch, read into memory and split into its parts.
 
-python-multipart's parser (the one Starlette uses) fed the whole body, with the parts kept as
-bytes: Starlette's request.form() would also spool every file through a SpooledTemporaryFile
-and FastAPI would validate each field through pydantic, which cost more per request than
-decoding the image and running the model on it together (bench/results). The body itself is
-bounded by RequestContextMiddleware (size, stall and rate limits) before it gets here.
+Starlette's request.form() would spool every file through a SpooledTemporaryFile and FastAPI
+would validate each field through pydantic: together more per request than decoding the image
+and running the model on it (bench/). The body is bounded by RequestContextMiddleware (size,
+stall and rate limits) before it gets here.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import parse_qsl
 
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
 from app.errors import ServiceError
@@ -77,6 +76,8 @@ _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
 def query_flag(request: Request, name: str) -> bool:
     """A boolean query parameter, read as FastAPI's `bool` parameters are; absent = False."""
+    if not request.scope["query_string"]:
+        return False
     value = request.query_params.get(name)
     if value is None:
         return False
@@ -122,57 +123,51 @@ async def read_form(request: Request) -> Form:
 
 
 def parse_form(body: bytes, boundary: bytes) -> Form:
+    """Split a multipart/form-data body (RFC 7578, RFC 2046 section 5.1.1) into named parts.
+
+    Byte searches in C (bytes.split, find, partition) rather than python-multipart's per-byte
+    state machine, which took a fifth of the event loop per prediction under load (py-spy);
+    python-multipart stays the reference: tests/app/test_forms.py checks both agree.
+    """
+    delimiter = b"--" + boundary
+    start = body.find(delimiter)
+    if start < 0 or (start > 0 and body[start - 2 : start] != b"\r\n"):
+        raise MalformedForm("the multipart boundary does not occur in the body")
+    # Every part follows CRLF + delimiter; the close delimiter is followed by "--" instead.
+    chunks = body[start + len(delimiter) :].split(b"\r\n" + delimiter)
+    if len(chunks) > MAX_PARTS + 1:
+        raise MalformedForm(f"more than {MAX_PARTS} parts in one form")
     parts: dict[str, list[bytes]] = defaultdict(list)
-    header_name, header_value, data = bytearray(), bytearray(), bytearray()
-    name: str | None = None
-    count = 0
+    for chunk in chunks:
+        if chunk.startswith(b"--"):
+            return Form(dict(parts))  # the close delimiter; what follows is an epilogue
+        padding, newline, rest = chunk.partition(b"\r\n")
+        if not newline or padding.strip(b" \t"):
+            raise MalformedForm("malformed multipart body: text after a boundary")
+        if rest.startswith(b"\r\n"):  # a part without headers
+            head, data = b"", rest[2:]
+        else:
+            head, blank, data = rest.partition(b"\r\n\r\n")
+            if not blank:
+                raise MalformedForm("malformed multipart body: a part's headers do not end")
+        parts[_part_name(head)].append(data)
+    raise MalformedForm("the multipart body ends before its closing boundary")
 
-    def on_part_begin() -> None:
-        nonlocal name, count
-        count += 1
-        if count > MAX_PARTS:
-            raise MalformedForm(f"more than {MAX_PARTS} parts in one form")
-        name = None
-        data.clear()
 
-    def on_header_field(chunk: bytes, start: int, end: int) -> None:
-        header_name.extend(chunk[start:end])
+def _part_name(head: bytes) -> str:
+    for line in head.split(b"\r\n"):
+        field, colon, value = line.partition(b":")
+        if colon and field.strip().lower() == b"content-disposition":
+            name = _disposition_name(value.strip())
+            if name is not None:
+                return name
+    raise MalformedForm("a form part without a Content-Disposition name")
 
-    def on_header_value(chunk: bytes, start: int, end: int) -> None:
-        header_value.extend(chunk[start:end])
 
-    def on_header_end() -> None:
-        nonlocal name
-        if header_name.lower() == b"content-disposition":
-            _, options = parse_options_header(bytes(header_value))
-            if b"name" in options:
-                name = options[b"name"].decode("utf-8", "replace")
-        header_name.clear()
-        header_value.clear()
-
-    def on_part_data(chunk: bytes, start: int, end: int) -> None:
-        data.extend(chunk[start:end])
-
-    def on_part_end() -> None:
-        if name is None:
-            raise MalformedForm("a form part without a Content-Disposition name")
-        parts[name].append(bytes(data))
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
-    try:
-        parser.write(body)
-    except MultipartParseError as exc:
-        raise MalformedForm(f"malformed multipart body: {exc}") from None
-    if parser.state != MultipartState.END:
-        raise MalformedForm("the multipart body ends before its closing boundary")
-    return Form(dict(parts))
+@lru_cache(maxsize=1024)
+def _disposition_name(value: bytes) -> str | None:
+    """The name in `form-data; name="image"; filename="x.png"`, parsed by python-multipart.
+    Clients send the same few headers again and again: the cache makes it a dict lookup."""
+    kind, options = parse_options_header(value)
+    name = options.get(b"name") if kind == b"form-data" else None
+    return name.decode("utf-8", "replace") if name is not None else None

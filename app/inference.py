@@ -224,23 +224,13 @@ class DynamicBatcher:
     async def predict_many(self, items: list[tuple[Upload, int]]) -> list[Answer | ServiceError]:
         """Queue all items at once (all or none: 503 when the queue has no room) and await them.
         An image that cannot be decoded gets its own error in its place; the others are answered.
+        No later than timeout_s after queueing, each item has its answer or InferenceTimeout.
         """
-        if self._queue.qsize() + len(items) > self.max_queue:
-            raise Overloaded("the service is at capacity; retry shortly")
-        loop = asyncio.get_running_loop()
-        pending = [_Pending(image, number, loop.create_future()) for image, number in items]
-        for p in pending:
-            self._queue.put_nowait(p)
-        metrics.QUEUE_DEPTH.set(self._queue.qsize())
+        pending = self._enqueue(items)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                results = await asyncio.gather(
-                    *(p.future for p in pending), return_exceptions=True
-                )
-        except TimeoutError as exc:
-            raise InferenceTimeout("the prediction took too long; retry shortly") from exc
+            results = await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
         finally:
-            for p in pending:  # a timed-out or disconnected caller's entries are skipped
+            for p in pending:  # a disconnected caller's entries are skipped
                 p.future.cancel()
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, ServiceError):
@@ -248,10 +238,22 @@ class DynamicBatcher:
         return results  # type: ignore[return-value]  # Answers and ServiceErrors only, checked
 
     async def predict(self, image: Upload, number: int) -> Answer:
-        (answer,) = await self.predict_many([(image, number)])
-        if isinstance(answer, ServiceError):
-            raise answer
-        return answer
+        """One image (predict_many without the gathering, for the common case)."""
+        (pending,) = self._enqueue([(image, number)])
+        try:
+            return await pending.future
+        finally:
+            pending.future.cancel()  # a disconnected caller's entry is skipped
+
+    def _enqueue(self, items: list[tuple[Upload, int]]) -> list[_Pending]:
+        if self._queue.qsize() + len(items) > self.max_queue:
+            raise Overloaded("the service is at capacity; retry shortly")
+        loop = asyncio.get_running_loop()
+        pending = [_Pending(image, number, loop.create_future()) for image, number in items]
+        for p in pending:
+            self._queue.put_nowait(p)
+        metrics.QUEUE_DEPTH.set(self._queue.qsize())
+        return pending
 
     async def _next_batch(self) -> list[_Pending]:
         batch = [await self._queue.get()]
@@ -273,30 +275,51 @@ class DynamicBatcher:
         return [p for p in batch if not p.future.done()]
 
     async def _run(self) -> None:
+        # The timeout is kept here, with one timer per batch rather than one per request: an
+        # item older than timeout_s is failed when its batch forms, and a forward pass that
+        # outlasts its oldest item's deadline fails its batch (the model thread finishes it
+        # unobserved; later batches queue behind it and are timed out the same way).
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
             metrics.QUEUE_DEPTH.set(self._queue.qsize())
-            if not batch:
-                continue
             started = time.perf_counter()
+            live = []
             for p in batch:
                 metrics.QUEUE_WAIT_SECONDS.observe(started - p.queued_at)
+                if started - p.queued_at < self.timeout_s:
+                    live.append(p)
+                else:
+                    p.future.set_exception(self._timed_out())
+            if not live:
+                continue
+            deadline = min(p.queued_at for p in live) + self.timeout_s
             try:
-                results = await loop.run_in_executor(self._executor, self._forward, batch)
+                results = await asyncio.wait_for(
+                    loop.run_in_executor(self._executor, self._forward, live),
+                    deadline - time.perf_counter(),
+                )
             except Exception as exc:  # a model failure fails this batch's requests, not the loop
-                log.exception("forward pass failed")
-                for p in batch:
+                if isinstance(exc, TimeoutError):
+                    log.error("forward pass of %d images outlasted the timeout", len(live))
+                    exc = self._timed_out()
+                else:
+                    log.exception("forward pass failed")
+                for p in live:
                     if not p.future.done():
                         p.future.set_exception(exc)
                 continue
-            for p, result in zip(batch, results, strict=True):
+            for p, result in zip(live, results, strict=True):
                 if p.future.done():
                     continue
                 if isinstance(result, ServiceError):
                     p.future.set_exception(result)
                 else:
                     p.future.set_result(result)
+
+    @staticmethod
+    def _timed_out() -> InferenceTimeout:
+        return InferenceTimeout("the prediction took too long; retry shortly")
 
     def _forward(self, batch: list[_Pending]) -> list[Answer | ServiceError]:
         """On the model thread: decode what came as bytes, then one forward pass for the rest."""

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+from typing import Any
 
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -74,6 +75,7 @@ class RequestContextMiddleware:
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.ids = RequestIds()
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -161,13 +163,20 @@ class RequestContextMiddleware:
         )
         await response(scope, receive, send)
 
-    @staticmethod
-    def _record(scope: Scope, status: int, seconds: float, request_id: str) -> None:
+    def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
         route = scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
         method = scope["method"]
-        metrics.REQUESTS.labels(path, method, str(status)).inc()
-        metrics.REQUEST_SECONDS.labels(path, method, str(status)).observe(seconds)
+        key = (path, method, status)
+        series = self._series.get(key)
+        if series is None:  # label lookups once per (route, method, status), not per request
+            labels = (path, method, str(status))
+            series = self._series[key] = (
+                metrics.REQUESTS.labels(*labels),
+                metrics.REQUEST_SECONDS.labels(*labels),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
             access_log.info(

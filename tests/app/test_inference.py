@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from app.errors import InvalidImage, ModelLoadError, Overloaded
+from app.errors import InferenceTimeout, InvalidImage, ModelLoadError, Overloaded
 from app.inference import Answer, DynamicBatcher, LoadedModel, load_model
 from tests.conftest import MODEL_PATH
 from tests.imagegen import mnist_png
@@ -203,3 +204,33 @@ def test_uploads_are_decoded_in_the_batch_and_a_bad_one_fails_alone(
         # a batch of 5 and one of 6 may take different oneDNN kernels: equal to float precision
         assert got.digit_confidence == pytest.approx(want.digit_confidence, abs=1e-5)
         assert np.array_equal(answer.pixels, _pixels(mnist_test, i))  # what the model saw
+
+
+def test_a_stuck_forward_pass_times_out_its_callers_and_later_ones(
+    loaded: LoadedModel, mnist_test: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_predict = loaded.predict
+
+    def stuck(images: torch.Tensor, numbers: torch.Tensor) -> list[object]:
+        time.sleep(0.6)
+        return real_predict(images, numbers)  # type: ignore[return-value]
+
+    monkeypatch.setattr(loaded, "predict", stuck)
+
+    async def scenario() -> list[float]:
+        batcher = _batcher(loaded, timeout_s=0.2)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        waited = []
+        try:
+            for i in range(2):  # the second queues behind the first, still running
+                started = loop.time()
+                with pytest.raises(InferenceTimeout):
+                    await batcher.predict(_pixels(mnist_test, i), 0)
+                waited.append(loop.time() - started)
+        finally:
+            await batcher.stop()
+        return waited
+
+    for waited in asyncio.run(scenario()):
+        assert 0.15 < waited < 0.5  # the timeout, not the 0.6 s forward pass
