@@ -9,6 +9,7 @@ uvicorn app.main:app      # or `python -m app` (our launcher: drain on SIGTERM, 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
     service.runtime = Runtime(settings, model, batcher, pool, decode_threads)
     install_drain_handler(service, settings.drain_delay_s)
+    # Everything loaded so far (torch, the model, the app) lives as long as the process: out of
+    # the cyclic collector's reach, its full collections stop walking it, which showed as
+    # 100 ms stalls in the p99 latency under load.
+    gc.collect()
+    gc.freeze()
     service.set_phase(Phase.READY)
     log.info(
         "ready",
