@@ -14,6 +14,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
@@ -22,9 +23,10 @@ from app.errors import ImageTooLarge, InvalidImage, ServiceError, UnsupportedFor
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # (magic bytes at offset 0, Pillow format). WebP is RIFF....WEBP, checked apart.
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (_PNG_SIGNATURE, "PNG"),
     (b"\xff\xd8\xff", "JPEG"),
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
@@ -263,7 +265,7 @@ LIGHT_MAX_PIXELS = 64 * 64
 
 def is_light(data: bytes) -> bool:
     """Whether `data` is a PNG of at most LIGHT_MAX_PIXELS pixels, by its header."""
-    if not data.startswith(b"\x89PNG\r\n\x1a\n") or data[12:16] != b"IHDR":
+    if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return False
     width, height = struct.unpack(">II", data[16:24])
     return width * height <= LIGHT_MAX_PIXELS
@@ -273,73 +275,85 @@ def prepare_batch(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | Serv
     """prepare_image for many uploads: each one's (28, 28) pixels, or its error.
 
     The same answers as prepare_image, pixel for pixel (tests/app/test_imaging.py checks all of
-    MNIST's test set), but 28x28 grey-scale images already in MNIST's form (white on black,
-    fitted to 20 pixels, centred by mass) are recognised, for the whole batch at once, and passed
-    through instead of being cropped, measured and placed again one by one.
+    MNIST's test set), but faster for what most clients send, a plain 28x28 grey PNG: OpenCV
+    decodes it (5 us against Pillow's 22 on this CPU, the same bytes), and those already in
+    MNIST's form (white on black, fitted to 20 pixels, centred by mass) are recognised for the
+    whole batch at once and passed through instead of being cropped and placed one by one.
     """
     out: list[np.ndarray | ServiceError] = []
-    candidates: list[tuple[int, np.ndarray, tuple[int, int, int, int]]] = []
+    candidates: list[tuple[int, np.ndarray]] = []
     for i, blob in enumerate(blobs):
+        grey = _decode_plain_grey_png(blob)
+        if grey is not None:
+            out.append(_EMPTY)  # set below
+            candidates.append((i, grey))
+            continue
         try:
-            image = open_image(blob, max_pixels)
+            out.append(prepare_image(blob, max_pixels).pixels)
         except ServiceError as exc:
             out.append(exc)
-            continue
-        box = _ink_box_if_plain(image)
-        if box is None:
-            out.append(prepare_image(blob, max_pixels).pixels)
-        else:
-            out.append(_EMPTY)  # set below
-            candidates.append((i, np.asarray(image), box))
     if candidates:
-        stack = np.stack([grey for _, grey, _ in candidates])  # (N, 28, 28) uint8
-        boxes = np.array([box for _, _, box in candidates])  # (N, 4): left, top, right, bottom
+        stack = np.stack([grey for _, grey in candidates])  # (N, 28, 28) uint8
         floats = stack.astype(np.float32) / 255.0  # as _luminance_and_alpha makes them
-        for (i, _, _), ready, pixels in zip(candidates, _centred(stack, boxes), floats, strict=True):
+        for (i, _), ready, pixels in zip(candidates, _already_like_mnist(stack), floats, strict=True):
             out[i] = pixels if ready else _centre_like_mnist(_to_white_on_black(pixels)[0])
     return out
 
 
 _EMPTY = np.zeros(0, np.float32)
-# A 28x28 grey PNG with any of these (an orientation, transparency) takes prepare_image's path.
-_NOT_PLAIN = frozenset({"exif", "xmp", "XML:com.adobe.xmp", "transparency"})
+# OpenCV would print a warning line on stderr for every corrupt upload, outside our JSON logs;
+# the upload gets our own error from Pillow's path instead.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+# IHDR of a 28x28, 8-bit, grey (colour type 0), non-interlaced PNG: width, height, depth, type,
+# compression, filter, interlace.
+_PLAIN_IHDR = struct.pack(">IIBBBBB", SIZE, SIZE, 8, 0, 0, 0, 0)
+# Chunks that could give Pillow's decoding something more: transparency, an orientation, XMP.
+_NOT_PLAIN_CHUNKS = (b"tRNS", b"eXIf", b"tEXt", b"zTXt", b"iTXt")
 
 
-def _ink_box_if_plain(image: Image.Image) -> tuple[int, int, int, int] | None:
-    """For a 28x28 grey image whose ink is off the border and fits 20 pixels on its longer side,
-    the ink's box (left, top, right, bottom; (0, 0, 0, 0) for a blank image); else None.
-
-    With a black border, prepare_image neither inverts it nor removes paper; with a 20-pixel
-    box, it does not resize it: only its placement by centre of mass is left to check.
-    """
-    if image.mode != "L" or image.size != (SIZE, SIZE) or not _NOT_PLAIN.isdisjoint(image.info):
+def _decode_plain_grey_png(data: bytes) -> np.ndarray | None:
+    """(28, 28) uint8 pixels of the plainest PNG, which Pillow reads as mode "L" with nothing
+    else to apply (the header and chunks say so); None for anything else, or if OpenCV fails:
+    then Pillow and prepare_image decide, with their error messages."""
+    if data[12:29] != b"IHDR" + _PLAIN_IHDR or not data.startswith(_PNG_SIGNATURE):
         return None
-    box = image.getbbox()  # of the non-zero pixels, in C
-    if box is None:
-        return (0, 0, 0, 0)
-    left, top, right, bottom = box
-    inside = left > 0 and top > 0 and right < SIZE and bottom < SIZE
-    return box if inside and max(right - left, bottom - top) == BOX else None
+    if any(chunk in data for chunk in _NOT_PLAIN_CHUNKS):
+        return None
+    try:
+        grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if grey is None or grey.shape != (SIZE, SIZE) or grey.dtype != np.uint8:
+        return None
+    pixels: np.ndarray = grey
+    return pixels
 
 
-def _centred(stack: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Which of these (N, 28, 28) images _centre_like_mnist would leave where they are: their
-    centre of mass, rounded as it rounds, gives their box's own position.
+def _already_like_mnist(stack: np.ndarray) -> np.ndarray:
+    """Which of these (N, 28, 28) uint8 grey images prepare_image would return unchanged.
 
-    The centre of mass is exact here (integer moments); one within 1e-4 of a rounding tie is
-    left to the slow path, whose float32 sums could round the other way.
+    Ink off the border (so it is neither inverted nor has paper removed), a bounding box whose
+    longer side is 20 pixels (so it is not resized), and a centre of mass that, rounded as
+    _centre_like_mnist rounds it, puts the box where it already is; or no ink at all. The centre
+    of mass is exact here (integer moments); one within 1e-4 of a rounding tie is left to the
+    slow path, whose float32 sums could round the other way.
     """
-    index = np.arange(SIZE)
-    rows = stack.sum(axis=2, dtype=np.int64)  # (N, 28)
+    rows = stack.sum(axis=2, dtype=np.int64)  # (N, 28) ink per row
     cols = stack.sum(axis=1, dtype=np.int64)
+    ink_rows, ink_cols = rows > 0, cols > 0
+    top, left = ink_rows.argmax(axis=1), ink_cols.argmax(axis=1)
+    bottom = SIZE - ink_rows[:, ::-1].argmax(axis=1)  # one past the last row with ink
+    right = SIZE - ink_cols[:, ::-1].argmax(axis=1)
+    inside = (top > 0) & (left > 0) & (bottom < SIZE) & (right < SIZE)
+    height, width = bottom - top, right - left
     mass = np.maximum(rows.sum(axis=1), 1)
-    left, top = boxes[:, 0], boxes[:, 1]
-    shift_y = CENTRE - (rows @ index / mass - top)  # where the crop's top would go
+    index = np.arange(SIZE)
+    shift_y = CENTRE - (rows @ index / mass - top)  # where _centre_like_mnist puts the box
     shift_x = CENTRE - (cols @ index / mass - left)
     clear = (np.abs(shift_y % 1 - 0.5) > 1e-4) & (np.abs(shift_x % 1 - 0.5) > 1e-4)
-    height, width = boxes[:, 3] - top, boxes[:, 2] - left
     placed_top = np.clip(np.floor(shift_y + 0.5), 0, SIZE - height)
     placed_left = np.clip(np.floor(shift_x + 0.5), 0, SIZE - width)
-    blank = boxes[:, 2] == 0
-    ready: np.ndarray = blank | (clear & (placed_top == top) & (placed_left == left))
+    in_place = clear & (placed_top == top) & (placed_left == left)
+    blank = ~ink_rows.any(axis=1)
+    ready: np.ndarray = blank | (inside & (np.maximum(height, width) == BOX) & in_place)
     return ready

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import warnings
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,19 +168,20 @@ class Answer(NamedTuple):
 
 
 @dataclass
-class _Pending:
-    image: Upload
-    number: int
-    future: asyncio.Future[Answer]
+class _Job:
+    """One request's images, answered together through one future."""
+
+    images: list[Upload]
+    numbers: list[int]
+    future: asyncio.Future[list[Answer | ServiceError]]
     queued_at: float = field(default_factory=time.perf_counter)
-
-
-_COUNT_BY_DIGIT = [metrics.PREDICTIONS.labels(str(d)) for d in range(10)]
 
 
 class DynamicBatcher:
     """Gathers concurrent predictions into batched forward passes on one model thread.
 
+    A request is one job (one image for /predict, many for /predict/batch); a batch takes jobs
+    in arrival order up to `max_size` images (a larger job alone, run in chunks of max_size).
     The model thread also decodes the batch's small uploads (app.imaging.prepare_batch): one
     hand-off per batch instead of one per image, which on one CPU cost more than the decoding.
     """
@@ -200,20 +202,23 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.timeout_s = timeout_s
         self.max_image_pixels = max_image_pixels
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._jobs: deque[_Job] = deque()
+        self._queued = 0  # images in self._jobs
+        self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task[None] | None = None
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        """Images waiting for the model."""
+        return self._queued
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
     async def stop(self) -> None:
         """Finish what is queued, then stop the loop and the model thread."""
-        while not self._queue.empty():
+        while self._jobs:
             await asyncio.sleep(0.005)
         if self._task is not None:
             self._task.cancel()
@@ -224,76 +229,76 @@ class DynamicBatcher:
     async def predict_many(self, items: list[tuple[Upload, int]]) -> list[Answer | ServiceError]:
         """Queue all items at once (all or none: 503 when the queue has no room) and await them.
         An image that cannot be decoded gets its own error in its place; the others are answered.
-        No later than timeout_s after queueing, each item has its answer or InferenceTimeout.
+        No later than timeout_s after queueing, the answers come or InferenceTimeout is raised.
         """
-        pending = self._enqueue(items)
+        if self._queued + len(items) > self.max_queue:
+            raise Overloaded("the service is at capacity; retry shortly")
+        job = _Job(
+            [image for image, _ in items],
+            [number for _, number in items],
+            asyncio.get_running_loop().create_future(),
+        )
+        self._jobs.append(job)
+        self._queued += len(items)
+        self._arrived.set()
+        metrics.QUEUE_DEPTH.set(self._queued)
         try:
-            results = await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
+            return await job.future
         finally:
-            for p in pending:  # a disconnected caller's entries are skipped
-                p.future.cancel()
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, ServiceError):
-                raise result  # the model failed: the whole request fails (a 500)
-        return results  # type: ignore[return-value]  # Answers and ServiceErrors only, checked
+            job.future.cancel()  # a disconnected caller's job is skipped
 
     async def predict(self, image: Upload, number: int) -> Answer:
-        """One image (predict_many without the gathering, for the common case)."""
-        (pending,) = self._enqueue([(image, number)])
-        try:
-            return await pending.future
-        finally:
-            pending.future.cancel()  # a disconnected caller's entry is skipped
+        (answer,) = await self.predict_many([(image, number)])
+        if isinstance(answer, ServiceError):
+            raise answer
+        return answer
 
-    def _enqueue(self, items: list[tuple[Upload, int]]) -> list[_Pending]:
-        if self._queue.qsize() + len(items) > self.max_queue:
-            raise Overloaded("the service is at capacity; retry shortly")
-        loop = asyncio.get_running_loop()
-        pending = [_Pending(image, number, loop.create_future()) for image, number in items]
-        for p in pending:
-            self._queue.put_nowait(p)
-        metrics.QUEUE_DEPTH.set(self._queue.qsize())
-        return pending
-
-    async def _next_batch(self) -> list[_Pending]:
-        batch = [await self._queue.get()]
-        deadline = time.perf_counter() + self.max_wait_s
-        while len(batch) < self.max_size:
-            try:
-                batch.append(self._queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            try:
-                async with asyncio.timeout(remaining):
-                    batch.append(await self._queue.get())
-            except TimeoutError:
-                break
-        return [p for p in batch if not p.future.done()]
+    async def _next_batch(self) -> list[_Job]:
+        while not self._jobs:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if self.max_wait_s > 0:  # wait a little for a fuller batch
+            deadline = time.perf_counter() + self.max_wait_s
+            while self._queued < self.max_size:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._arrived.wait()
+                except TimeoutError:
+                    break
+        batch: list[_Job] = []
+        size = 0
+        while self._jobs and (not batch or size + len(self._jobs[0].images) <= self.max_size):
+            job = self._jobs.popleft()
+            self._queued -= len(job.images)
+            if not job.future.done():  # else its caller has gone
+                batch.append(job)
+                size += len(job.images)
+        metrics.QUEUE_DEPTH.set(self._queued)
+        return batch
 
     async def _run(self) -> None:
-        # The timeout is kept here, with one timer per batch rather than one per request: an
-        # item older than timeout_s is failed when its batch forms, and a forward pass that
-        # outlasts its oldest item's deadline fails its batch (the model thread finishes it
-        # unobserved; later batches queue behind it and are timed out the same way).
+        # The timeout is kept here, with one timer per batch rather than one per request: a job
+        # older than timeout_s is failed when its batch forms, and a forward pass that outlasts
+        # its oldest job's deadline fails its batch (the model thread finishes it unobserved;
+        # later batches queue behind it and are timed out the same way).
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
-            metrics.QUEUE_DEPTH.set(self._queue.qsize())
             started = time.perf_counter()
             live = []
-            for p in batch:
-                metrics.QUEUE_WAIT_SECONDS.observe(started - p.queued_at)
-                if started - p.queued_at < self.timeout_s:
-                    live.append(p)
+            for job in batch:
+                metrics.QUEUE_WAIT_SECONDS.observe(started - job.queued_at)
+                if started - job.queued_at < self.timeout_s:
+                    live.append(job)
                 else:
-                    p.future.set_exception(self._timed_out())
+                    job.future.set_exception(_timed_out())
             if not live:
                 continue
-            deadline = min(p.queued_at for p in live) + self.timeout_s
+            deadline = min(job.queued_at for job in live) + self.timeout_s
             try:
                 results = await asyncio.wait_for(
                     loop.run_in_executor(self._executor, self._forward, live),
@@ -301,46 +306,56 @@ class DynamicBatcher:
                 )
             except Exception as exc:  # a model failure fails this batch's requests, not the loop
                 if isinstance(exc, TimeoutError):
-                    log.error("forward pass of %d images outlasted the timeout", len(live))
-                    exc = self._timed_out()
+                    log.error("a forward pass outlasted the timeout")
+                    exc = _timed_out()
                 else:
                     log.exception("forward pass failed")
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
                 continue
-            for p, result in zip(live, results, strict=True):
-                if p.future.done():
-                    continue
-                if isinstance(result, ServiceError):
-                    p.future.set_exception(result)
-                else:
-                    p.future.set_result(result)
+            for job, answers in zip(live, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(answers)
 
-    @staticmethod
-    def _timed_out() -> InferenceTimeout:
-        return InferenceTimeout("the prediction took too long; retry shortly")
-
-    def _forward(self, batch: list[_Pending]) -> list[Answer | ServiceError]:
-        """On the model thread: decode what came as bytes, then one forward pass for the rest."""
+    def _forward(self, jobs: list[_Job]) -> list[list[Answer | ServiceError]]:
+        """On the model thread: decode what came as bytes, then forward passes of up to
+        max_size images; the answers split back per job."""
         started = time.perf_counter()
-        uploads = [p.image for p in batch if isinstance(p.image, bytes)]
+        images = [image for job in jobs for image in job.images]
+        numbers = [number for job in jobs for number in job.numbers]
+        uploads = [image for image in images if isinstance(image, bytes)]
         decoded = iter(prepare_batch(uploads, self.max_image_pixels) if uploads else ())
-        inputs = [next(decoded) if isinstance(p.image, bytes) else p.image for p in batch]
+        inputs = [next(decoded) if isinstance(x, bytes) else x for x in images]
         if uploads:
             metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - started)
         good = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray)]
         predictions: dict[int, Prediction] = {}
-        if good:
+        for at in range(0, len(good), self.max_size):
+            chunk = good[at : at + self.max_size]
             started = time.perf_counter()
-            images = torch.from_numpy(np.stack([inputs[i] for i in good])).unsqueeze(1)
-            numbers = torch.tensor([batch[i].number for i in good], dtype=torch.long)
-            predictions = dict(zip(good, self.model.predict(images, numbers), strict=True))
+            pixels = torch.from_numpy(np.stack([inputs[i] for i in chunk])).unsqueeze(1)
+            chunk_numbers = torch.tensor([numbers[i] for i in chunk], dtype=torch.long)
+            predictions.update(zip(chunk, self.model.predict(pixels, chunk_numbers), strict=True))
             metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
-            metrics.BATCH_SIZE.observe(len(good))
-            for prediction in predictions.values():
-                _COUNT_BY_DIGIT[prediction.digit].inc()
-        return [
+            metrics.BATCH_SIZE.observe(len(chunk))
+        digits = np.bincount([p.digit for p in predictions.values()], minlength=10)
+        for digit, count in enumerate(digits.tolist()):
+            if count:
+                _COUNT_BY_DIGIT[digit].inc(count)
+        answers = [
             x if isinstance(x, ServiceError) else Answer(predictions[i], x)
             for i, x in enumerate(inputs)
         ]
+        per_job, at = [], 0
+        for job in jobs:
+            per_job.append(answers[at : at + len(job.images)])
+            at += len(job.images)
+        return per_job
+
+
+def _timed_out() -> InferenceTimeout:
+    return InferenceTimeout("the prediction took too long; retry shortly")
+
+
+_COUNT_BY_DIGIT = [metrics.PREDICTIONS.labels(str(d)) for d in range(10)]

@@ -10,7 +10,14 @@ import torch
 from PIL import Image
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
-from app.imaging import is_light, prepare_batch, prepare_image, sniff_format
+from app.imaging import (
+    _already_like_mnist,
+    _decode_plain_grey_png,
+    is_light,
+    prepare_batch,
+    prepare_image,
+    sniff_format,
+)
 from tests.imagegen import encode, mnist_png, paper_photo
 from training.data import Split
 
@@ -49,11 +56,22 @@ def test_batch_path_gives_prepare_image_answers_pixel_for_pixel(mnist_test: Spli
         encode(paper_photo(mnist_test.images[3], rng), "JPEG", quality=90),
         b"not an image",
     ]
-    batched = [x for at in range(0, len(uploads), 64) for x in prepare_batch(uploads[at : at + 64], 25_000_000)]
+    batched = [
+        x for at in range(0, len(uploads), 64) for x in prepare_batch(uploads[at : at + 64], 25_000_000)
+    ]
     assert isinstance(batched[-1], InvalidImage)
     for upload, pixels in zip(uploads[:-1], batched[:-1], strict=True):
         assert isinstance(pixels, np.ndarray)
         assert np.array_equal(pixels, prepare_image(upload, 25_000_000).pixels)
+
+
+def test_most_of_mnist_takes_the_fast_path(mnist_test: Split) -> None:
+    """Guards the speed the test above cannot see: OpenCV decodes MNIST-style PNGs and the
+    vectorised check passes nearly all of them through."""
+    uploads = [mnist_png(image) for image in mnist_test.images[:1000]]
+    decoded = [_decode_plain_grey_png(upload) for upload in uploads]
+    assert all(grey is not None for grey in decoded)
+    assert _already_like_mnist(np.stack(decoded)).mean() > 0.98  # type: ignore[arg-type]
 
 
 def test_only_small_pngs_are_light() -> None:

@@ -194,3 +194,28 @@ def test_batch_keeps_order_and_fails_only_the_bad_entry(
         prediction = results[i]["prediction"]
         assert prediction["digit"] == int(mnist_test.labels[i])  # type: ignore[index]
         assert prediction["number"] == i  # type: ignore[index]
+
+
+def test_answers_match_the_documented_models(client: TestClient, mnist_test: Split) -> None:
+    """The routes write their JSON by hand (app/api/routes/predict.py); it must still be what
+    /docs promises: PredictResponse and BatchResponse, strictly."""
+    from app.schemas import BatchResponse, PredictResponse
+
+    big = encode(paper_photo(mnist_test.images[5], random.Random(5)), "JPEG")  # the pool's path
+    single = client.post(
+        "/predict?include_input=1",
+        files={"image": ("d.jpg", big, "image/jpeg")},
+        data={"number": "4"},
+    )
+    assert single.status_code == 200
+    PredictResponse.model_validate_json(single.content, strict=True)
+    blobs = [mnist_png(mnist_test.images[0]), b"junk", big]
+    batch = client.post(
+        "/predict/batch?include_input=yes",
+        files=[("images", (f"{i}", blob, "image/png")) for i, blob in enumerate(blobs)],
+        data={"numbers": ["1", "2", "3"]},
+    )
+    assert batch.status_code == 200
+    parsed = BatchResponse.model_validate_json(batch.content, strict=True)
+    assert [r.prediction is None for r in parsed.results] == [False, True, False]
+    assert parsed.results[2].prediction.input_png  # type: ignore[union-attr]
