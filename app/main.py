@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
@@ -93,6 +94,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("stopped")
 
 
+def _api_version() -> str:
+    try:
+        return package_version("digitsum")
+    except PackageNotFoundError:  # run from a source tree without `pip install`
+        return "0+source"
+
+
 class DigitsumAPI(FastAPI):
     """FastAPI, with our middlewares around its whole stack rather than inside it.
 
@@ -127,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ]
     app = DigitsumAPI(
         title="digitsum",
-        version=package_version("digitsum"),
+        version=_api_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
         # Metrics are Prometheus (/metrics) and logs are JSON lines; FastAPI's OpenTelemetry

@@ -64,17 +64,26 @@ def ratios(load: list[dict[str, Any]], connections: list[int]) -> list[dict[str,
     return out
 
 
+def served_device(model_only: dict[str, Any]) -> dict[str, Any]:
+    """The model-only results of the device the service runs on: CUDA when this run measured
+    one (the service's default, DIGITSUM_DEVICE=auto, takes it), else the CPU."""
+    device: dict[str, Any] = model_only["devices"][-1]
+    return device
+
+
 def model_reference(model_only: dict[str, Any] | None, batch: int) -> dict[str, Any] | None:
-    """The fastest exported variant's CPU images/s at `batch` (the batch bar's yardstick).
+    """The fastest exported variant's images/s at `batch` on the service's device (the batch
+    bar's yardstick).
 
     The fastest, not the one the service happens to run: a service that runs a slower form of
     the model than the file allows carries the difference as overhead.
     """
     if not model_only:
         return None
-    cpu = model_only["devices"][0]
     rows = [
-        r for r in cpu["rows"] if r["batch_size"] == batch and r["variant"] in EXPORTED_VARIANTS
+        r
+        for r in served_device(model_only)["rows"]
+        if r["batch_size"] == batch and r["variant"] in EXPORTED_VARIANTS
     ]
     return max(rows, key=lambda r: r["images_per_s"]) if rows else None
 
@@ -146,7 +155,7 @@ def bars(
         r = images / reference["images_per_s"]
         others = [
             f"{row['variant']} {images / row['images_per_s']:.2f}x"
-            for row in model_only["devices"][0]["rows"]  # type: ignore[index]
+            for row in served_device(model_only)["rows"]  # type: ignore[arg-type]
             if row["batch_size"] == batch_images and row["variant"] != reference["variant"]
         ]
         detail = (

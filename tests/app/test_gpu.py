@@ -43,3 +43,33 @@ def test_half_precision_argmax_agrees_with_fp32(mnist_test: Split, precision: st
     half_digit, half_sum = _argmax_all(half, mnist_test)
     disagree = int((full_digit != half_digit).sum() + (full_sum != half_sum).sum())
     assert disagree == 0, f"{precision}: {disagree} of 200,000 answers differ from fp32"
+
+
+def test_service_answers_from_the_gpu(mnist_test: Split) -> None:
+    """The whole service on CUDA: the batch path (uploads decoded in the batch, pinned copies,
+    one forward pass) gives the CPU's answers."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.conftest import make_settings
+    from tests.imagegen import mnist_png
+
+    cpu = load_model(MODEL_PATH, torch.device("cpu"))
+    images = mnist_test.images[:64]
+    want = cpu.predict(images, torch.arange(64) % 10)
+    with TestClient(create_app(make_settings(device="cuda"))) as client:
+        assert client.get("/model").json()["device"].startswith("cuda")
+        response = client.post(
+            "/predict/batch",
+            files=[("images", (f"{i}.png", mnist_png(image), "image/png")) for i, image in enumerate(images)],
+            data={"numbers": [str(i % 10) for i in range(64)]},
+        )
+        assert response.status_code == 200
+        got = [r["prediction"] for r in response.json()["results"]]
+        single = client.post(
+            "/predict",
+            files={"image": ("0.png", mnist_png(images[0]), "image/png")},
+            data={"number": "0"},
+        ).json()
+    assert [(g["digit"], g["sum"]) for g in got] == [(w.digit, w.sum) for w in want]
+    assert (single["digit"], single["sum"]) == (want[0].digit, want[0].sum)
