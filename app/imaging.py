@@ -268,7 +268,7 @@ def is_light(data: bytes) -> bool:
     if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return False
     width, height = struct.unpack(">II", data[16:24])
-    return width * height <= LIGHT_MAX_PIXELS
+    return bool(width * height <= LIGHT_MAX_PIXELS)
 
 
 def prepare_batch(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | ServiceError]:
@@ -295,7 +295,9 @@ def prepare_batch(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | Serv
     if candidates:
         stack = np.stack([grey for _, grey in candidates])  # (N, 28, 28) uint8
         floats = stack.astype(np.float32) / 255.0  # as _luminance_and_alpha makes them
-        for (i, _), ready, pixels in zip(candidates, _already_like_mnist(stack), floats, strict=True):
+        for (i, _), ready, pixels in zip(
+            candidates, _already_like_mnist(stack), floats, strict=True
+        ):
             out[i] = pixels if ready else _centre_like_mnist(_to_white_on_black(pixels)[0])
     return out
 

@@ -329,12 +329,13 @@ class DynamicBatcher:
         inputs = [next(decoded) if isinstance(x, bytes) else x for x in images]
         if uploads:
             metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - started)
-        good = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray)]
+        good = {i: x for i, x in enumerate(inputs) if isinstance(x, np.ndarray)}
+        order = list(good)
         predictions: dict[int, Prediction] = {}
-        for at in range(0, len(good), self.max_size):
-            chunk = good[at : at + self.max_size]
+        for at in range(0, len(order), self.max_size):
+            chunk = order[at : at + self.max_size]
             started = time.perf_counter()
-            pixels = torch.from_numpy(np.stack([inputs[i] for i in chunk])).unsqueeze(1)
+            pixels = torch.from_numpy(np.stack([good[i] for i in chunk])).unsqueeze(1)
             chunk_numbers = torch.tensor([numbers[i] for i in chunk], dtype=torch.long)
             predictions.update(zip(chunk, self.model.predict(pixels, chunk_numbers), strict=True))
             metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)

@@ -148,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 body_timeout_s=settings.body_timeout_s,
             ),
             *(cors if settings.cors_origins else []),
-            Middleware(PredictFastPath, routes=predict.router.routes),
+            Middleware(PredictFastPath, routes=predict.routes()),
         ],
     )
     app.state.service = ServiceState(settings)

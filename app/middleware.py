@@ -12,9 +12,8 @@ import logging
 import os
 import re
 import time
-from typing import Any
-
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from fastapi.routing import APIRoute
 from starlette.datastructures import MutableHeaders

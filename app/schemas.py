@@ -130,7 +130,9 @@ class ModelInfo(BaseModel):
 def _form(properties: dict[str, Any], title: str) -> dict[str, Any]:
     """An OpenAPI request body of multipart/form-data with these fields, all required."""
     schema = {"type": "object", "title": title, "properties": properties, "required": [*properties]}
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
 
 
 _FILE = {"type": "string", "contentMediaType": "application/octet-stream"}
@@ -143,7 +145,9 @@ PREDICT_FORM = _form(
         "image": {
             **_FILE,
             "title": "Image",
-            "description": "the digit: PNG, JPEG, WebP, BMP or GIF; a photo of ink on paper is fine",
+            "description": (
+                "the digit: PNG, JPEG, WebP, BMP or GIF; a photo of ink on paper is fine"
+            ),
         },
         "number": {**_NUMBER, "title": "Number", "description": "the number to add, 0..9"},
     },

@@ -61,7 +61,10 @@ def test_service_answers_from_the_gpu(mnist_test: Split) -> None:
         assert client.get("/model").json()["device"].startswith("cuda")
         response = client.post(
             "/predict/batch",
-            files=[("images", (f"{i}.png", mnist_png(image), "image/png")) for i, image in enumerate(images)],
+            files=[
+                ("images", (f"{i}.png", mnist_png(image), "image/png"))
+                for i, image in enumerate(images)
+            ],
             data={"numbers": [str(i % 10) for i in range(64)]},
         )
         assert response.status_code == 200

@@ -57,7 +57,9 @@ def test_batch_path_gives_prepare_image_answers_pixel_for_pixel(mnist_test: Spli
         b"not an image",
     ]
     batched = [
-        x for at in range(0, len(uploads), 64) for x in prepare_batch(uploads[at : at + 64], 25_000_000)
+        x
+        for at in range(0, len(uploads), 64)
+        for x in prepare_batch(uploads[at : at + 64], 25_000_000)
     ]
     assert isinstance(batched[-1], InvalidImage)
     for upload, pixels in zip(uploads[:-1], batched[:-1], strict=True):
@@ -78,7 +80,9 @@ def test_only_small_pngs_are_light() -> None:
     assert is_light(encode(Image.new("L", (28, 28))))
     assert is_light(encode(Image.new("RGB", (64, 64))))
     assert not is_light(encode(Image.new("L", (65, 64))))
-    assert not is_light(encode(Image.new("L", (8000, 8000)), optimize=True))  # small file, huge image
+    assert not is_light(
+        encode(Image.new("L", (8000, 8000)), optimize=True)
+    )  # small file, huge image
     assert not is_light(encode(Image.new("L", (28, 28)), "JPEG"))
     assert not is_light(b"\x89PNG\r\n\x1a\n")
 

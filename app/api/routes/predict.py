@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from pydantic_core import to_json
 
 from app import metrics
@@ -24,6 +25,12 @@ from app.schemas import BATCH_FORM, PREDICT_FORM, BatchResponse, PredictResponse
 from app.state import Runtime
 
 router = APIRouter(tags=["predict"])
+
+
+def routes() -> list[APIRoute]:
+    """This module's routes (app.middleware.PredictFastPath calls their endpoints directly)."""
+    return [route for route in router.routes if isinstance(route, APIRoute)]
+
 
 IncludeInput = Annotated[
     bool, Query(description="also return the 28x28 image the model saw, as a base64 PNG")
