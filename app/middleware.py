@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 from starlette.datastructures import MutableHeaders
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -133,6 +133,11 @@ class RequestContextMiddleware:
                 await self._refuse_too_large(scope, receive, send_with_id, request_id)
             else:
                 await self.app(scope, receive_limited, send_with_id)
+        except ClientDisconnect:
+            # The client hung up before its body arrived: nobody to answer, nothing of ours
+            # failed. Counted under nginx's 499 ("client closed request").
+            if not started_response:
+                status = 499
         except Exception:
             # Our own failure: the traceback goes to the log under the request id; the caller
             # gets a 500 that says nothing about internals.

@@ -281,13 +281,13 @@ CORPUS: dict[str, Case] = {
         "validation_error",
         path="/predict/batch",
     ),
-    "multipart without its closing boundary": Case(
+    "multipart without its closing boundary": Case(  # truncated: malformed, not a missing field
         lambda d, m: {
             "content": _multipart([("number", None, b"3"), ("image", "d.png", d.png)], "b", False),
             "headers": {"content-type": "multipart/form-data; boundary=b"},
         },
-        422,
-        "validation_error",
+        400,
+        "bad_request",
     ),
     "multipart with no boundary parameter": Case(
         lambda d, m: {
