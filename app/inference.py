@@ -321,14 +321,11 @@ class DynamicBatcher:
     def _forward(self, jobs: list[_Job]) -> list[list[Answer | ServiceError]]:
         """On the model thread: decode what came as bytes, then forward passes of up to
         max_size images; the answers split back per job."""
-        started = time.perf_counter()
         images = [image for job in jobs for image in job.images]
         numbers = [number for job in jobs for number in job.numbers]
         uploads = [image for image in images if isinstance(image, bytes)]
         decoded = iter(prepare_batch(uploads, self.max_image_pixels) if uploads else ())
         inputs = [next(decoded) if isinstance(x, bytes) else x for x in images]
-        if uploads:
-            metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - started)
         good = {i: x for i, x in enumerate(inputs) if isinstance(x, np.ndarray)}
         order = list(good)
         predictions: dict[int, Prediction] = {}

@@ -30,7 +30,8 @@ INFERENCE_SECONDS = Histogram(
 )
 PREPROCESS_SECONDS = Histogram(
     "digitsum_preprocess_seconds",
-    "Decoding and normalising one uploaded image",
+    "Decoding and normalising uploads: a batch's small PNGs on the model thread, or a chunk of"
+    " larger images in the preprocessing pool",
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
