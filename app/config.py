@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(25_000_000, ge=784, description="refused before decoding above")
     max_batch_images: int = Field(256, ge=1, le=4096, description="images per /predict/batch")
     batch_max_size: int = Field(
-        64, ge=1, le=4096, description="largest forward pass the batcher forms"
+        256, ge=1, le=4096, description="images in the largest forward pass the batcher forms"
     )
     batch_max_wait_ms: float = Field(
         0.0, ge=0, le=1000, description="wait to fill a batch; 0 = never"
