@@ -3,8 +3,8 @@
     .venv/bin/python -m pytest tests/reliability/test_overload.py -s
 
 The server admits at most MAX_QUEUE images waiting for the model (DIGITSUM_MAX_QUEUE) and forms
-batches of at most BATCH_MAX_SIZE, so a few /predict/batch requests of IMAGES_PER_REQUEST images
-fill it whatever the speed of the machine. CLIENTS clients then send back to back for LOAD_S:
+batches of at most BATCH_MAX_SIZE, so one /predict/batch request of IMAGES_PER_REQUEST images
+fills it whatever the speed of the machine. CLIENTS clients then send back to back for LOAD_S:
 the excess must get 503 + Retry-After at once (never a timeout or a dropped connection), the
 admitted requests must stay within a bounded latency, and the service must answer normally the
 moment the load stops. The batcher's own unit test is tests/app/test_inference.py.
@@ -26,8 +26,8 @@ from tests.reliability.conftest import Digit, assert_error, assert_predicts, per
 
 MAX_QUEUE = 64
 BATCH_MAX_SIZE = 8
-IMAGES_PER_REQUEST = 32  # two requests fill the queue
-CLIENTS = 16  # 8x what the queue admits (two requests), each sending back to back
+IMAGES_PER_REQUEST = 64  # one request fills the queue
+CLIENTS = 16  # 16x what the queue admits (one request), each sending back to back
 LOAD_S = 8.0
 BASELINE_REQUESTS = 20
 CLIENT_TIMEOUT_S = 30.0  # far above anything expected; hitting it is a failure, not a 503
