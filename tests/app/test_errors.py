@@ -234,3 +234,18 @@ def test_request_id_is_echoed_or_replaced_when_unsafe(client: TestClient) -> Non
     assert len(replaced.headers["x-request-id"]) == 32
     again = client.get("/health/live", headers={"X-Request-ID": "bad id"})
     assert again.headers["x-request-id"] != replaced.headers["x-request-id"]
+
+
+def test_bad_include_input_is_422_naming_it(client: TestClient, good_png: bytes) -> None:
+    response = client.post(
+        "/predict?include_input=maybe",
+        files={"image": ("x.png", good_png, "image/png")},
+        data={"number": "1"},
+    )
+    _assert_error(response, 422, "validation_error", "include_input")
+
+
+def test_other_methods_on_the_prediction_routes_are_405_json(client: TestClient) -> None:
+    """The fast path takes POST only; anything else gets FastAPI's answer, in our shape."""
+    for path in ("/predict", "/predict/batch"):
+        _assert_error(client.get(path), 405, "method_not_allowed")
