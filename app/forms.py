@@ -125,9 +125,10 @@ async def read_form(request: Request) -> Form:
 def parse_form(body: bytes, boundary: bytes) -> Form:
     """Split a multipart/form-data body (RFC 7578, RFC 2046 section 5.1.1) into named parts.
 
-    Byte searches in C (bytes.split, find, partition) rather than python-multipart's per-byte
-    state machine, which took a fifth of the event loop per prediction under load (py-spy);
-    python-multipart stays the reference: tests/app/test_forms.py checks both agree.
+    Byte searches in C (bytes.split, find) rather than python-multipart's per-byte state
+    machine, which took a fifth of the event loop per prediction under load (py-spy);
+    python-multipart stays the reference: tests/app/test_forms.py checks both agree. A part's
+    headers are looked up in a cache: clients send the same few again and again.
     """
     delimiter = b"--" + boundary
     start = body.find(delimiter)
@@ -141,33 +142,36 @@ def parse_form(body: bytes, boundary: bytes) -> Form:
     for chunk in chunks:
         if chunk.startswith(b"--"):
             return Form(dict(parts))  # the close delimiter; what follows is an epilogue
-        padding, newline, rest = chunk.partition(b"\r\n")
-        if not newline or padding.strip(b" \t"):
+        line_end = chunk.find(b"\r\n")  # the rest of the delimiter's line: padding only
+        if line_end < 0 or chunk[:line_end].strip(b" \t"):
             raise MalformedForm("malformed multipart body: text after a boundary")
-        if rest.startswith(b"\r\n"):  # a part without headers
-            head, data = b"", rest[2:]
+        if chunk.startswith(b"\r\n", line_end + 2):  # a part without headers
+            head, data_start = b"", line_end + 4
         else:
-            head, blank, data = rest.partition(b"\r\n\r\n")
-            if not blank:
+            head_end = chunk.find(b"\r\n\r\n", line_end + 2)
+            if head_end < 0:
                 raise MalformedForm("malformed multipart body: a part's headers do not end")
-        parts[_part_name(head)].append(data)
+            head, data_start = chunk[line_end + 2 : head_end], head_end + 4
+        parts[_part_name(head)].append(chunk[data_start:])  # the part's one copy
     raise MalformedForm("the multipart body ends before its closing boundary")
 
 
 def _part_name(head: bytes) -> str:
+    """The part's field name, from its headers. Clients send the same few headers again and
+    again, so short ones are looked up in a cache (long ones, which no client sends, are not
+    kept: a cache of them would be memory for the asking)."""
+    return _cached_part_name(head) if len(head) <= 512 else _read_part_name(head)
+
+
+def _read_part_name(head: bytes) -> str:
     for line in head.split(b"\r\n"):
         field, colon, value = line.partition(b":")
         if colon and field.strip().lower() == b"content-disposition":
-            name = _disposition_name(value.strip())
+            kind, options = parse_options_header(value.strip())  # python-multipart's
+            name = options.get(b"name") if kind == b"form-data" else None
             if name is not None:
-                return name
+                return name.decode("utf-8", "replace")
     raise MalformedForm("a form part without a Content-Disposition name")
 
 
-@lru_cache(maxsize=1024)
-def _disposition_name(value: bytes) -> str | None:
-    """The name in `form-data; name="image"; filename="x.png"`, parsed by python-multipart.
-    Clients send the same few headers again and again: the cache makes it a dict lookup."""
-    kind, options = parse_options_header(value)
-    name = options.get(b"name") if kind == b"form-data" else None
-    return name.decode("utf-8", "replace") if name is not None else None
+_cached_part_name = lru_cache(maxsize=1024)(_read_part_name)
