@@ -108,6 +108,11 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
+    """The answer to one of our own errors, wherever it is raised."""
+    return error_response(request, exc.status, exc.code, exc.message, exc.field, exc.retry_after)
+
+
 def _field_of(loc: tuple[int | str, ...]) -> str | None:
     # ("body", "number") -> "number"; ("query", "include_input") -> "include_input"
     names = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
@@ -119,9 +124,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(
-            request, exc.status, exc.code, exc.message, exc.field, exc.retry_after
-        )
+        return service_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

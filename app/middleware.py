@@ -28,7 +28,7 @@ from app.errors import (
     PayloadTooLarge,
     ServiceError,
     error_body,
-    error_response,
+    service_error_response,
 )
 from app.forms import query_flag
 
@@ -228,7 +228,5 @@ class PredictFastPath:
         try:
             response = await endpoint(request, query_flag(request, "include_input"))
         except ServiceError as exc:
-            response = error_response(
-                request, exc.status, exc.code, exc.message, exc.field, exc.retry_after
-            )
+            response = service_error_response(request, exc)
         await response(scope, receive, send)

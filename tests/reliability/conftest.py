@@ -1,7 +1,8 @@
 """Fixtures of the reliability suites: a digit the model reads right, and the answers' checks.
 
-Each module starts its own `python -m app` (tests/reliability/live_server.py) with the settings
-it needs; nothing here runs in-process except where a test says so.
+Each module starts its own `python -m app` (tests/reliability/live_server.py): with the defaults
+through the `server` fixture below, or with the settings it needs through its own `server`;
+nothing here runs in-process except where a test says so.
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ class Digit:
 
     png: bytes
     label: int
+
+
+@pytest.fixture(scope="module")
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[live_server.LiveServer]:
+    """The service with its default settings, one per test module."""
+    log = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]) / "server.log"
+    running = live_server.start(log)
+    yield running
+    live_server.ensure_stopped(running)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import hypothesis
@@ -31,14 +31,6 @@ from tests.reliability import live_server
 
 MAX_EXAMPLES = 100  # per operation and mode; the module takes about half a minute
 MAX_BATCH = 8  # images per generated batch request, far below DIGITSUM_MAX_BATCH_IMAGES
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[live_server.LiveServer]:
-    log = tmp_path_factory.mktemp("contract") / "server.log"
-    running = live_server.start(log)
-    yield running
-    live_server.ensure_stopped(running)
 
 
 # Every operation of the schema, by (method, path). Listed here, not discovered, so that the test

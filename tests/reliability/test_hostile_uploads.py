@@ -47,14 +47,6 @@ def _vm_hwm(pid: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[live_server.LiveServer]:
-    log = tmp_path_factory.mktemp("hostile") / "server.log"
-    running = live_server.start(log)
-    yield running
-    live_server.ensure_stopped(running)
-
-
-@pytest.fixture(scope="module")
 def client(server: live_server.LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30.0) as http:
         yield http

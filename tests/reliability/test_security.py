@@ -15,7 +15,6 @@ import ast
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +31,6 @@ from tests.reliability.conftest import Digit, assert_error, assert_predicts
 
 ALLOWED_ORIGIN = "https://digits.example"
 OTHER_ORIGIN = "https://evil.example"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[live_server.LiveServer]:
-    log = tmp_path_factory.mktemp("security") / "server.log"
-    running = live_server.start(log)
-    yield running
-    live_server.ensure_stopped(running)
 
 
 def _preflight(client: httpx.Client, origin: str) -> httpx.Response:

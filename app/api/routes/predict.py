@@ -104,7 +104,7 @@ async def predict(request: Request, include_input: IncludeInput = False) -> Resp
     form = await read_form(request)
     image, number = form.file("image"), form.number("number")
     _admit(runtime, 1)
-    (upload,) = [image] if is_light(image) else await _uploads(runtime, [image])
+    (upload,) = await _uploads(runtime, [image])
     if isinstance(upload, ServiceError):
         raise upload
     answer = await runtime.batcher.predict(upload, number)
