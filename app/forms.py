@@ -39,26 +39,36 @@ class FormFieldError(ServiceError):
 
 @dataclass(frozen=True)
 class Form:
-    """The parts of one body by field name, in the order they came."""
+    """The parts of one body by field name, in the order they came; `uploads` names the fields
+    sent as files (parts with a filename, as `curl -F image=@digit.png` and browsers send)."""
 
     parts: dict[str, list[bytes]]
+    uploads: frozenset[str] = frozenset()
 
     def files(self, name: str) -> list[bytes]:
-        return self.parts.get(name, [])
+        """The uploads named `name`; a text field of that name is refused, as FastAPI's File()
+        parameters refuse it, rather than read as an image that cannot be decoded."""
+        values = self.parts.get(name, [])
+        if values and name not in self.uploads:
+            raise FormFieldError(f"{name}: expected a file upload, got a text field", name)
+        return values
 
     def file(self, name: str) -> bytes:
         """The one upload named `name`."""
-        return self._one(name, "an image file")
+        (value,) = self._one(name, "an image file", self.files(name))
+        return value
 
     def number(self, name: str) -> int:
         """The one field `name`, an integer 0..9."""
-        return parse_number(self._one(name, "a number 0..9"), name)
+        (value,) = self._one(name, "a number 0..9", self.parts.get(name, []))
+        return parse_number(value, name)
 
     def numbers(self, name: str) -> list[int]:
-        return [parse_number(value, f"{name}[{i}]") for i, value in enumerate(self.files(name))]
-
-    def _one(self, name: str, what: str) -> bytes:
         values = self.parts.get(name, [])
+        return [parse_number(value, f"{name}[{i}]") for i, value in enumerate(values)]
+
+    @staticmethod
+    def _one(name: str, what: str, values: list[bytes]) -> list[bytes]:
         if not values:
             raise FormFieldError(f"{name}: field required ({what})", name)
         if len(values) > 1:
@@ -67,7 +77,7 @@ class Form:
                 f"send one {name} field, not {len(values)}; /predict/batch takes many images",
                 name,
             )
-        return values[0]
+        return values
 
 
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
@@ -139,9 +149,11 @@ def parse_form(body: bytes, boundary: bytes) -> Form:
     if len(chunks) > MAX_PARTS + 1:
         raise MalformedForm(f"more than {MAX_PARTS} parts in one form")
     parts: dict[str, list[bytes]] = defaultdict(list)
+    files: set[str] = set()  # fields with a part sent as a file
+    texts: set[str] = set()  # ... and with a part sent as text
     for chunk in chunks:
-        if chunk.startswith(b"--"):
-            return Form(dict(parts))  # the close delimiter; what follows is an epilogue
+        if chunk.startswith(b"--"):  # the close delimiter; what follows is an epilogue
+            return Form(dict(parts), frozenset(files - texts))
         line_end = chunk.find(b"\r\n")  # the rest of the delimiter's line: padding only
         if line_end < 0 or chunk[:line_end].strip(b" \t"):
             raise MalformedForm("malformed multipart body: text after a boundary")
@@ -152,25 +164,28 @@ def parse_form(body: bytes, boundary: bytes) -> Form:
             if head_end < 0:
                 raise MalformedForm("malformed multipart body: a part's headers do not end")
             head, data_start = chunk[line_end + 2 : head_end], head_end + 4
-        parts[_part_name(head)].append(chunk[data_start:])  # the part's one copy
+        name, is_file = _part_name(head)
+        parts[name].append(chunk[data_start:])  # the part's one copy
+        (files if is_file else texts).add(name)
     raise MalformedForm("the multipart body ends before its closing boundary")
 
 
-def _part_name(head: bytes) -> str:
-    """The part's field name, from its headers. Clients send the same few headers again and
-    again, so short ones are looked up in a cache (long ones, which no client sends, are not
-    kept: a cache of them would be memory for the asking)."""
+def _part_name(head: bytes) -> tuple[str, bool]:
+    """The part's field name, and whether it was sent as a file (its Content-Disposition has a
+    filename). Clients send the same few headers again and again, so short ones are looked up
+    in a cache (long ones, which no client sends, are not kept: a cache of them would be memory
+    for the asking)."""
     return _cached_part_name(head) if len(head) <= 512 else _read_part_name(head)
 
 
-def _read_part_name(head: bytes) -> str:
+def _read_part_name(head: bytes) -> tuple[str, bool]:
     for line in head.split(b"\r\n"):
         field, colon, value = line.partition(b":")
         if colon and field.strip().lower() == b"content-disposition":
             kind, options = parse_options_header(value.strip())  # python-multipart's
             name = options.get(b"name") if kind == b"form-data" else None
             if name is not None:
-                return name.decode("utf-8", "replace")
+                return name.decode("utf-8", "replace"), b"filename" in options
     raise MalformedForm("a form part without a Content-Disposition name")
 
 

@@ -249,3 +249,14 @@ def test_other_methods_on_the_prediction_routes_are_405_json(client: TestClient)
     """The fast path takes POST only; anything else gets FastAPI's answer, in our shape."""
     for path in ("/predict", "/predict/batch"):
         _assert_error(client.get(path), 405, "method_not_allowed")
+
+
+def test_image_sent_as_a_text_field_is_422(client: TestClient, good_png: bytes) -> None:
+    """A part without a filename is a text field, as FastAPI's File() parameters read it."""
+    for path, name in (("/predict", "image"), ("/predict/batch", "images")):
+        response = client.post(
+            path,
+            data={name: "null", "number": "1", "numbers": "1"},
+            files={"unrelated": ("x.png", good_png, "image/png")},  # makes httpx send multipart
+        )
+        _assert_error(response, 422, "validation_error", name)

@@ -73,7 +73,9 @@ def test_agrees_with_python_multipart_on_random_forms() -> None:
         ]
         data = {"number": [str(rng.randrange(10)) for _ in range(rng.randrange(0, 3))]}
         body, boundary = _httpx_body(files, data)
-        assert parse_form(body, boundary).parts == _reference(body, boundary)
+        parsed = parse_form(body, boundary)
+        assert parsed.parts == _reference(body, boundary)
+        assert parsed.uploads == {name for name, _ in files} - set(data)  # filename = a file
 
 
 def test_agrees_on_what_other_clients_send() -> None:
