@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import lru_cache
 from urllib.parse import parse_qsl
 
 from python_multipart.multipart import parse_options_header
@@ -135,10 +134,11 @@ async def read_form(request: Request) -> Form:
 def parse_form(body: bytes, boundary: bytes) -> Form:
     """Split a multipart/form-data body (RFC 7578, RFC 2046 section 5.1.1) into named parts.
 
-    Byte searches in C (bytes.split, find) rather than python-multipart's per-byte state
+    Byte searches in C (bytes.split, partition) rather than python-multipart's per-byte state
     machine, which took a fifth of the event loop per prediction under load (py-spy);
-    python-multipart stays the reference: tests/app/test_forms.py checks both agree. A part's
-    headers are looked up in a cache: clients send the same few again and again.
+    python-multipart stays the reference: tests/app/test_forms.py checks both agree. Clients
+    send the same few part headers again and again, so a part whose headers were read before
+    costs one dictionary lookup.
     """
     delimiter = b"--" + boundary
     start = body.find(delimiter)
@@ -152,34 +152,52 @@ def parse_form(body: bytes, boundary: bytes) -> Form:
     files: set[str] = set()  # fields with a part sent as a file
     texts: set[str] = set()  # ... and with a part sent as text
     for chunk in chunks:
-        if chunk.startswith(b"--"):  # the close delimiter; what follows is an epilogue
-            return Form(dict(parts), frozenset(files - texts))
-        line_end = chunk.find(b"\r\n")  # the rest of the delimiter's line: padding only
-        if line_end < 0 or chunk[:line_end].strip(b" \t"):
-            raise MalformedForm("malformed multipart body: text after a boundary")
-        if chunk.startswith(b"\r\n", line_end + 2):  # a part without headers
-            head, data_start = b"", line_end + 4
-        else:
-            head_end = chunk.find(b"\r\n\r\n", line_end + 2)
-            if head_end < 0:
-                raise MalformedForm("malformed multipart body: a part's headers do not end")
-            head, data_start = chunk[line_end + 2 : head_end], head_end + 4
-        name, is_file = _part_name(head)
-        parts[name].append(chunk[data_start:])  # the part's one copy
+        # A part is the rest of the delimiter's line (padding), CRLF, headers, CRLF CRLF, data.
+        head, blank_line, data = chunk.partition(b"\r\n\r\n")
+        known = _KNOWN_HEADS.get(head) if blank_line else None
+        if known is None:
+            if chunk.startswith(b"--"):  # the close delimiter; what follows is an epilogue
+                return Form(dict(parts), frozenset(files - texts))
+            head, data = _split_part(chunk)
+            known = _read_head(head)
+        name, is_file = known
+        parts[name].append(data)  # the part's one copy
         (files if is_file else texts).add(name)
     raise MalformedForm("the multipart body ends before its closing boundary")
 
 
-def _part_name(head: bytes) -> tuple[str, bool]:
-    """The part's field name, and whether it was sent as a file (its Content-Disposition has a
-    filename). Clients send the same few headers again and again, so short ones are looked up
-    in a cache (long ones, which no client sends, are not kept: a cache of them would be memory
-    for the asking)."""
-    return _cached_part_name(head) if len(head) <= 512 else _read_part_name(head)
+def _split_part(chunk: bytes) -> tuple[bytes, bytes]:
+    """A part's raw head (padding line and headers) and its data, or MalformedForm."""
+    line_end = chunk.find(b"\r\n")  # the rest of the delimiter's line: padding only
+    if line_end < 0 or chunk[:line_end].strip(b" \t"):
+        raise MalformedForm("malformed multipart body: text after a boundary")
+    if chunk.startswith(b"\r\n", line_end + 2):  # a part without headers
+        return chunk[: line_end + 2], chunk[line_end + 4 :]
+    head_end = chunk.find(b"\r\n\r\n", line_end + 2)
+    if head_end < 0:
+        raise MalformedForm("malformed multipart body: a part's headers do not end")
+    return chunk[:head_end], chunk[head_end + 4 :]
 
 
-def _read_part_name(head: bytes) -> tuple[str, bool]:
-    for line in head.split(b"\r\n"):
+# Raw heads already read (the padding line and headers of a part, as bytes) -> (field name,
+# sent as a file). Bounded in both the size of a key and the number of keys: heads that no
+# client sends twice (random names, long headers) are read every time instead of kept.
+_KNOWN_HEADS: dict[bytes, tuple[str, bool]] = {}
+_MAX_KNOWN_HEADS = 1024
+_MAX_KNOWN_HEAD_BYTES = 512
+
+
+def _read_head(head: bytes) -> tuple[str, bool]:
+    """The field name of a part, and whether it was sent as a file (its Content-Disposition has
+    a filename); remembered for the next part with the same head."""
+    known = _read_part_name(head.partition(b"\r\n")[2])
+    if len(head) <= _MAX_KNOWN_HEAD_BYTES and len(_KNOWN_HEADS) < _MAX_KNOWN_HEADS:
+        _KNOWN_HEADS[head] = known
+    return known
+
+
+def _read_part_name(headers: bytes) -> tuple[str, bool]:
+    for line in headers.split(b"\r\n"):
         field, colon, value = line.partition(b":")
         if colon and field.strip().lower() == b"content-disposition":
             kind, options = parse_options_header(value.strip())  # python-multipart's
@@ -187,6 +205,3 @@ def _read_part_name(head: bytes) -> tuple[str, bool]:
             if name is not None:
                 return name.decode("utf-8", "replace"), b"filename" in options
     raise MalformedForm("a form part without a Content-Disposition name")
-
-
-_cached_part_name = lru_cache(maxsize=1024)(_read_part_name)

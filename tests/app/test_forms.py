@@ -9,6 +9,7 @@ import httpx
 import pytest
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from app import forms
 from app.forms import FormFieldError, MalformedForm, parse_form, parse_number
 
 
@@ -114,8 +115,29 @@ def test_agrees_on_what_other_clients_send() -> None:
     ],
 )
 def test_malformed_bodies_are_refused(body: bytes, why: str) -> None:
+    # The same part headers in a good body first: what was read from them is remembered, and
+    # must not let a malformed body through.
+    good = b'--b\r\nContent-Disposition: form-data; name="image"\r\n\r\nabc\r\n--b--'
+    assert parse_form(good, b"b").parts == {"image": [b"abc"]}
     with pytest.raises(MalformedForm):
         parse_form(body, b"b")
+
+
+def test_remembered_part_headers_are_bounded() -> None:
+    """Part headers are remembered, but not without bound: random field names and long
+    headers are read each time, with the same answers."""
+    for names in (range(0, 900), range(900, 1800)):  # more distinct heads than are kept
+        body = b"".join(
+            b'--b\r\nContent-Disposition: form-data; name="f%d"\r\n\r\n%d\r\n' % (n, n)
+            for n in names
+        )
+        body += b"--b--"
+        assert parse_form(body, b"b").parts == _reference(body, b"b")
+    long_name = "n" * 600
+    body = f'--b\r\nContent-Disposition: form-data; name="{long_name}"\r\n\r\n1\r\n--b--'
+    assert parse_form(body.encode(), b"b").parts == {long_name: [b"1"]}
+    assert len(forms._KNOWN_HEADS) <= forms._MAX_KNOWN_HEADS
+    assert all(len(head) <= forms._MAX_KNOWN_HEAD_BYTES for head in forms._KNOWN_HEADS)
 
 
 def test_too_many_parts_are_refused() -> None:
