@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(
         0.0, ge=0, le=1000, description="wait to fill a batch; 0 = never"
     )
+    batch_gather_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="wait for as many requests as the last batch held; 0 = never",
+    )
     max_queue: int = Field(512, ge=1, description="queued images beyond which requests get 503")
     inference_timeout_s: float = Field(10.0, gt=0, description="longest wait for a prediction")
     body_timeout_s: float = Field(10.0, gt=0, description="longest pause while receiving a body")

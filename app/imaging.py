@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import struct
 import time
 import warnings
@@ -314,7 +315,8 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 # compression, filter, interlace.
 _PLAIN_IHDR = struct.pack(">IIBBBBB", SIZE, SIZE, 8, 0, 0, 0, 0)
 # Chunks that could give Pillow's decoding something more: transparency, an orientation, XMP.
-_NOT_PLAIN_CHUNKS = (b"tRNS", b"eXIf", b"tEXt", b"zTXt", b"iTXt")
+# One search for all five names (a fifth of the time of five `in` tests).
+_NOT_PLAIN_CHUNKS = re.compile(b"tRNS|eXIf|tEXt|zTXt|iTXt")
 
 
 def _decode_plain_grey_png(data: bytes) -> np.ndarray | None:
@@ -323,7 +325,7 @@ def _decode_plain_grey_png(data: bytes) -> np.ndarray | None:
     then Pillow and prepare_image decide, with their error messages."""
     if data[12:29] != b"IHDR" + _PLAIN_IHDR or not data.startswith(_PNG_SIGNATURE):
         return None
-    if any(chunk in data for chunk in _NOT_PLAIN_CHUNKS):
+    if _NOT_PLAIN_CHUNKS.search(data):
         return None
     try:
         grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -335,6 +337,9 @@ def _decode_plain_grey_png(data: bytes) -> np.ndarray | None:
     return pixels
 
 
+_INDEX = np.arange(SIZE, dtype=np.float64)  # row/column numbers, for the moments below
+
+
 def _already_like_mnist(stack: np.ndarray) -> np.ndarray:
     """Which of these (N, 28, 28) uint8 grey images prepare_image would return unchanged.
 
@@ -344,8 +349,8 @@ def _already_like_mnist(stack: np.ndarray) -> np.ndarray:
     of mass is exact here (integer moments); one within 1e-4 of a rounding tie is left to the
     slow path, whose float32 sums could round the other way.
     """
-    rows = stack.sum(axis=2, dtype=np.int64)  # (N, 28) ink per row
-    cols = stack.sum(axis=1, dtype=np.int64)
+    rows = stack.sum(axis=2, dtype=np.int32)  # (N, 28) ink per row, at most 28 * 255
+    cols = stack.sum(axis=1, dtype=np.int32)
     ink_rows, ink_cols = rows > 0, cols > 0
     top, left = ink_rows.argmax(axis=1), ink_cols.argmax(axis=1)
     bottom = SIZE - ink_rows[:, ::-1].argmax(axis=1)  # one past the last row with ink
@@ -353,7 +358,7 @@ def _already_like_mnist(stack: np.ndarray) -> np.ndarray:
     inside = (top > 0) & (left > 0) & (bottom < SIZE) & (right < SIZE)
     height, width = bottom - top, right - left
     mass = np.maximum(rows.sum(axis=1), 1)
-    index = np.arange(SIZE)
+    index = _INDEX
     shift_y = CENTRE - (rows @ index / mass - top)  # where _centre_like_mnist puts the box
     shift_x = CENTRE - (cols @ index / mass - left)
     clear = (np.abs(shift_y % 1 - 0.5) > 1e-4) & (np.abs(shift_x % 1 - 0.5) > 1e-4)

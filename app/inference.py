@@ -195,10 +195,13 @@ class DynamicBatcher:
         max_queue: int,
         timeout_s: float,
         max_image_pixels: int = 25_000_000,
+        gather_s: float = 0.0,
     ) -> None:
         self.model = model
         self.max_size = max_size
         self.max_wait_s = max_wait_s
+        self.gather_s = gather_s
+        self._last_batch_jobs = 0  # requests in the last batch: the clients to expect again
         self.max_queue = max_queue
         self.timeout_s = timeout_s
         self.max_image_pixels = max_image_pixels
@@ -257,18 +260,24 @@ class DynamicBatcher:
         while not self._jobs:
             self._arrived.clear()
             await self._arrived.wait()
-        if self.max_wait_s > 0:  # wait a little for a fuller batch
-            deadline = time.perf_counter() + self.max_wait_s
-            while self._queued < self.max_size:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    async with asyncio.timeout(remaining):
-                        await self._arrived.wait()
-                except TimeoutError:
-                    break
+        # Wait for a fuller batch: always up to max_wait_s; and up to gather_s while fewer
+        # requests are queued than the last batch held. Clients answered together ask again
+        # together, a little apart: gathering them makes one forward pass of what would be
+        # several. A lone client never waits (its last batch held one request: itself).
+        started = time.perf_counter()
+        while self._queued < self.max_size:
+            waited = time.perf_counter() - started
+            remaining = self.max_wait_s - waited
+            if len(self._jobs) < self._last_batch_jobs:
+                remaining = max(remaining, self.gather_s - waited)
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
+            except TimeoutError:
+                break
         batch: list[_Job] = []
         size = 0
         while self._jobs and (not batch or size + len(self._jobs[0].images) <= self.max_size):
@@ -278,6 +287,7 @@ class DynamicBatcher:
                 batch.append(job)
                 size += len(job.images)
         metrics.QUEUE_DEPTH.set(self._queued)
+        self._last_batch_jobs = len(batch)
         return batch
 
     async def _run(self) -> None:

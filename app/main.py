@@ -68,6 +68,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_queue=settings.max_queue,
         timeout_s=settings.inference_timeout_s,
         max_image_pixels=settings.max_image_pixels,
+        gather_s=settings.batch_gather_ms / 1e3,
     )
     batcher.start()
     decode_threads = settings.preprocess_threads or available_cpus()

@@ -138,6 +138,63 @@ def test_lone_request_does_not_wait_for_a_batch(loaded: LoadedModel, mnist_test:
     assert asyncio.run(scenario()) < 0.5  # generous: a bound, not a benchmark
 
 
+def _pass_sizes_when_clients_return_apart(
+    loaded: LoadedModel, mnist_test: Split, monkeypatch: pytest.MonkeyPatch, gather_s: float
+) -> list[int]:
+    """Three clients answered in one pass ask again 10 ms apart: the sizes of the passes."""
+    sizes: list[int] = []
+    real_predict = loaded.predict
+
+    def recording(images: torch.Tensor, numbers: torch.Tensor) -> list[object]:
+        sizes.append(len(images))
+        return real_predict(images, numbers)  # type: ignore[return-value]
+
+    monkeypatch.setattr(loaded, "predict", recording)
+
+    async def client(i: int) -> None:
+        await batcher.predict(_pixels(mnist_test, i), i)
+        await asyncio.sleep(0.01 * i)
+        await batcher.predict(_pixels(mnist_test, i), i)
+
+    async def scenario() -> None:
+        batcher.start()
+        try:
+            await asyncio.gather(*(client(i) for i in range(3)))
+        finally:
+            await batcher.stop()
+
+    batcher = DynamicBatcher(
+        loaded, max_size=64, max_wait_s=0.0, max_queue=512, timeout_s=10.0, gather_s=gather_s
+    )
+    asyncio.run(scenario())
+    return sizes
+
+
+def test_clients_answered_together_are_gathered_again(
+    loaded: LoadedModel, mnist_test: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _pass_sizes_when_clients_return_apart(loaded, mnist_test, monkeypatch, 0.5) == [3, 3]
+    # without gathering, the first to come back goes alone
+    assert _pass_sizes_when_clients_return_apart(loaded, mnist_test, monkeypatch, 0.0)[1] == 1
+
+
+def test_a_lone_client_never_waits_to_be_gathered(loaded: LoadedModel, mnist_test: Split) -> None:
+    async def scenario() -> float:
+        batcher = DynamicBatcher(
+            loaded, max_size=64, max_wait_s=0.0, max_queue=512, timeout_s=10.0, gather_s=5.0
+        )
+        batcher.start()
+        try:
+            started = time.perf_counter()
+            for i in range(5):
+                await batcher.predict(_pixels(mnist_test, i), i)
+            return time.perf_counter() - started
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario()) < 2.5  # five requests, none waited out a 5 s gather
+
+
 def test_full_queue_answers_overloaded_at_once(loaded: LoadedModel, mnist_test: Split) -> None:
     async def scenario() -> None:
         batcher = _batcher(loaded, max_queue=4)  # not started: nothing drains the queue
