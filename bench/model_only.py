@@ -28,21 +28,26 @@ VARIANTS = ("eager", "torchscript", "frozen", "optimized")
 Model = Callable[[torch.Tensor, torch.Tensor], Any]
 
 
-def load_variants(path: Path, device: torch.device) -> tuple[dict[str, Model], dict[str, str]]:
-    """Each variant that could be built on `device`, and for the others why not."""
+def load_variants(
+    path: Path, device: torch.device, wanted: tuple[str, ...] = VARIANTS
+) -> tuple[dict[str, Model], dict[str, str]]:
+    """Each wanted variant that could be built on `device`, and for the others why not."""
     extra = {CARD_EXTRA_FILE: ""}
     loaded = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     scripted = loaded.eval()
     models: dict[str, Model] = {"torchscript": scripted}
     skipped: dict[str, str] = {}
+    if "eager" in wanted:
+        try:
+            models["eager"] = rebuild_eager(scripted, extra[CARD_EXTRA_FILE], device)
+        except Exception as exc:  # a card or class that drifted from the file: report, go on
+            skipped["eager"] = f"{type(exc).__name__}: {exc}"
     try:
-        models["eager"] = rebuild_eager(scripted, extra[CARD_EXTRA_FILE], device)
-    except Exception as exc:  # a card or class that drifted from the file: report, don't stop
-        skipped["eager"] = f"{type(exc).__name__}: {exc}"
-    try:
-        models["frozen"] = torch.jit.freeze(scripted)
-        # optimize_for_inference works on a copy of what it is given (freezing first if needed).
-        models["optimized"] = torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
+        if "frozen" in wanted:
+            models["frozen"] = torch.jit.freeze(scripted)
+        if "optimized" in wanted:
+            # optimize_for_inference works on a copy of what it is given (freezing first).
+            models["optimized"] = torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
     except Exception as exc:
         skipped["frozen/optimized"] = f"{type(exc).__name__}: {exc}"
     return models, skipped
@@ -112,9 +117,13 @@ def synchronize(device: torch.device) -> None:
 
 
 def measure(
-    path: Path, device: torch.device, batch_sizes: list[int], seconds: float
+    path: Path,
+    device: torch.device,
+    batch_sizes: list[int],
+    seconds: float,
+    variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, Any]:
-    models, skipped = load_variants(path, device)
+    models, skipped = load_variants(path, device, variants)
     rows = [
         {
             "variant": name,
@@ -122,7 +131,7 @@ def measure(
             "images_per_s": images_per_second(models[name], batch, device, seconds),
         }
         for name in VARIANTS
-        if name in models
+        if name in models and name in variants
         for batch in batch_sizes
     ]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -178,9 +187,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="timed seconds per variant and batch size (default: 2.0)",
     )
     parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated variants to time (default: {','.join(VARIANTS)})",
+    )
+    parser.add_argument(
+        "--devices",
+        default="cpu,cuda",
+        help="comma-separated devices to time; cuda only where present (default: cpu,cuda)",
+    )
+    parser.add_argument(
         "--no-cuda",
         action="store_true",
-        help="skip CUDA even when present (default: measure it when present)",
+        help="skip CUDA even when present (same as --devices cpu)",
     )
     return parser.parse_args(argv)
 
@@ -190,15 +209,21 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit's deprecation notes
     torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    variants = tuple(v for v in args.variants.split(",") if v)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    devices = [d for d in args.devices.split(",") if d]
+    if args.no_cuda or not torch.cuda.is_available():
+        devices = [d for d in devices if d != "cuda"]
     result = {
         "threads": args.threads,
         "torch": torch.__version__,
-        "devices": [measure(args.model, torch.device("cpu"), batch_sizes, args.seconds)],
+        "devices": [
+            measure(args.model, torch.device(d), batch_sizes, args.seconds, variants)
+            for d in devices
+        ],
     }
-    if torch.cuda.is_available() and not args.no_cuda:
-        result["devices"].append(
-            measure(args.model, torch.device("cuda"), batch_sizes, args.seconds)
-        )
     json.dump(result, sys.stdout)
     print()
     return 0

@@ -214,7 +214,9 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run_model_only(args: argparse.Namespace, cpus: list[int] | None) -> dict[str, Any]:
+def run_model_only(
+    args: argparse.Namespace, cpus: list[int] | None, *extra: str, batch_sizes: str = ""
+) -> dict[str, Any]:
     """bench.model_only in a subprocess pinned like the server, with as many torch threads."""
     threads = len(cpus) if cpus else len(os.sched_getaffinity(0))
     argv = [
@@ -224,11 +226,12 @@ def run_model_only(args: argparse.Namespace, cpus: list[int] | None) -> dict[str
         "--model",
         str(args.model),
         "--batch-sizes",
-        args.batch_sizes,
+        batch_sizes or args.batch_sizes,
         "--threads",
         str(threads),
         "--seconds",
         str(args.model_seconds),
+        *extra,
     ]
     if cpus:
         argv = ["taskset", "-c", ",".join(map(str, cpus)), *argv]
@@ -237,6 +240,29 @@ def run_model_only(args: argparse.Namespace, cpus: list[int] | None) -> dict[str
         raise RuntimeError(f"model-only run failed:\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def paired_yardstick(
+    args: argparse.Namespace, cpus: list[int] | None, result: dict[str, Any], repeat: int
+) -> dict[str, Any]:
+    """The batch bar's yardstick measured again right after this repeat's batch run: the same
+    variant and device as the start-of-run model-only figure, so that the ratio compares two
+    measurements seconds apart rather than minutes (this machine's speed drifts by 10-30%)."""
+    reference = report.model_reference(result["model_only"], args.batch_images)
+    assert reference is not None
+    device = report.served_device(result["model_only"])["device"]
+    measured = run_model_only(
+        args,
+        cpus,
+        "--variants",
+        reference["variant"],
+        "--devices",
+        device.split(":")[0],
+        batch_sizes=str(args.batch_images),
+    )
+    row = measured["devices"][-1]["rows"][0]
+    log(f"  model-only {row['variant']} x{args.batch_images}: {row['images_per_s']:8.0f} images/s")
+    return {"repeat": repeat, **row}
 
 
 def measure_server(
@@ -367,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     load_rows: list[dict[str, Any]] = []
     batch_rows: list[dict[str, Any]] = []
     server_notes: list[dict[str, Any]] = []
+    yardsticks: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="digitsum-bench-") as tmp:
         workdir = Path(tmp)
         bodies = {"single": workdir / "single.body", "batch": workdir / "batch.body"}
@@ -388,16 +415,18 @@ def main(argv: list[str] | None = None) -> int:
                     load_rows += rows
                     batch_rows += batch
                     server_notes.append(notes)
+                    if batch and result["model_only"]:
+                        yardsticks.append(paired_yardstick(args, server_cpus, result, repeat))
         except (ServerError, WrkError) as exc:
             log(f"error: {exc}")
             return 1
     load_summary = report.summarise(load_rows, ("server", "connections"))
     batch_summary = report.summarise(batch_rows, ("server", "connections"))
     result["load"] = {"summary": load_summary, "runs": load_rows}
-    result["batch"] = {"summary": batch_summary, "runs": batch_rows}
+    result["batch"] = {"summary": batch_summary, "runs": batch_rows, "yardsticks": yardsticks}
     result["ratios"] = report.ratios(load_summary, args.connections)
     result["bars"] = report.bars(
-        load_summary, batch_summary, result["model_only"], args.batch_images
+        load_summary, batch_summary, result["model_only"], args.batch_images, batch_rows, yardsticks
     )
     result["server_logs"] = server_notes
     result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]

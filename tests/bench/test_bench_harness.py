@@ -87,6 +87,34 @@ def test_bars_hold_and_miss_at_their_thresholds() -> None:
     assert verdicts == [False, True, False, False, True]
 
 
+def test_batch_bar_pairs_each_repeat_with_the_model_only_run_beside_it() -> None:
+    """With a yardstick measured after each repeat's batch run, the verdict is the median of
+    the per-repeat ratios: a machine that slowed down between the start-of-run model-only
+    figure and the batch runs neither passes nor fails the bar by itself."""
+    model_only = {
+        "devices": [{"rows": [{"variant": "frozen", "batch_size": 64, "images_per_s": 10000.0}]}]
+    }
+    runs = [
+        dict(_row("ours", 4, 60, 60.0), repeat=repeat, images_per_s=images)
+        for repeat, images in enumerate([5000.0, 5600.0, 6200.0])
+    ]
+    batch = [dict(_row("ours", 4, 60, 60.0), images_per_s=5600.0)]  # the median run
+    slower = [
+        {"repeat": r, "variant": "frozen", "batch_size": 64, "images_per_s": 9000.0}
+        for r in range(3)
+    ]
+
+    def batch_bar(yardsticks: list[dict[str, object]]) -> dict[str, object]:
+        return report.bars([], batch, model_only, 64, runs, yardsticks)[-1]
+
+    assert batch_bar([])["holds"] is False  # 5600 / 10000 at the start of the run
+    paired = batch_bar(slower)  # 5000/9000, 5600/9000, 6200/9000: median 0.62
+    assert paired["holds"] is True
+    assert "median of 3 paired repeats 0.62x" in str(paired["detail"])
+    faster = [dict(y, images_per_s=11000.0) for y in slower]  # median 5600/11000 = 0.51
+    assert batch_bar(faster)["holds"] is False
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
