@@ -268,10 +268,15 @@ LIGHT_MAX_PIXELS = 64 * 64
 
 def is_light(data: bytes) -> bool:
     """Whether `data` is a PNG of at most LIGHT_MAX_PIXELS pixels, by its header."""
-    if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+    if data[:16] != _PNG_START:
         return False
-    width, height = struct.unpack(">II", data[16:24])
+    width, height = _WIDTH_HEIGHT.unpack_from(data, 16)
     return bool(width * height <= LIGHT_MAX_PIXELS)
+
+
+# A PNG's first 16 bytes: the signature, then its first chunk's length and type, always IHDR (13).
+_PNG_START = _PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR"
+_WIDTH_HEIGHT = struct.Struct(">II")
 
 
 def prepare_batch(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | ServiceError]:
@@ -297,7 +302,7 @@ def prepare_batch(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | Serv
         except ServiceError as exc:
             out.append(exc)
     if candidates:
-        stack = np.stack([grey for _, grey in candidates])  # (N, 28, 28) uint8
+        stack = np.array([grey for _, grey in candidates], np.uint8)  # (N, 28, 28), cf. np.stack
         floats = stack.astype(np.float32) / 255.0  # as _luminance_and_alpha makes them
         for (i, _), ready, pixels in zip(
             candidates, _already_like_mnist(stack), floats, strict=True

@@ -205,7 +205,7 @@ def test_full_queue_answers_overloaded_at_once(loaded: LoadedModel, mnist_test: 
         with pytest.raises(Overloaded):
             await batcher.predict(_pixels(mnist_test, 0), 0)
         with pytest.raises(Overloaded):
-            await batcher.predict_many([(_pixels(mnist_test, 0), 0)] * 5)
+            await batcher.predict_many([_pixels(mnist_test, 0)] * 5, [0] * 5)
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
@@ -246,7 +246,7 @@ def test_uploads_are_decoded_in_the_batch_and_a_bad_one_fails_alone(
         batcher = _batcher(loaded, max_size=8)
         batcher.start()
         try:
-            return list(await batcher.predict_many([(u, i) for i, u in enumerate(uploads)]))
+            return list(await batcher.predict_many(uploads, list(range(len(uploads)))))
         finally:
             await batcher.stop()
 

@@ -67,14 +67,14 @@ async def _uploads(runtime: Runtime, blobs: list[bytes]) -> list[Upload | Servic
 
 def _prediction(answer: Answer, number: int, version: str, include_input: bool) -> dict[str, Any]:
     """One PredictResponse, as the dict it serialises to."""
-    prediction = answer.prediction
+    digit, digit_confidence, total, sum_confidence = answer.prediction
     body: dict[str, Any] = {
-        "digit": prediction.digit,
-        "digit_confidence": round(prediction.digit_confidence, 6),
-        "sum": prediction.sum,
-        "sum_confidence": round(prediction.sum_confidence, 6),
+        "digit": digit,
+        "digit_confidence": digit_confidence,  # rounded with the whole batch (app.inference)
+        "sum": total,
+        "sum_confidence": sum_confidence,
         "number": number,
-        "consistent": prediction.sum == prediction.digit + number,
+        "consistent": total == digit + number,
         "model_version": version,
     }
     if include_input:
@@ -137,19 +137,26 @@ async def predict_batch(request: Request, include_input: IncludeInput = False) -
     _admit(runtime, len(images))
     uploads = await _uploads(runtime, images)
     good = [i for i, u in enumerate(uploads) if not isinstance(u, ServiceError)]
-    answers = await runtime.batcher.predict_many([(uploads[i], numbers[i]) for i in good])  # type: ignore[misc]
-    outcome: list[Answer | ServiceError] = list(uploads)  # type: ignore[arg-type]
-    for i, answer in zip(good, answers, strict=True):
-        outcome[i] = answer
+    outcome: list[Answer | ServiceError]
+    if len(good) == len(uploads):  # the usual case: every upload goes to the model
+        outcome = await runtime.batcher.predict_many(uploads, numbers)  # type: ignore[arg-type]
+    else:
+        answers = await runtime.batcher.predict_many(
+            [uploads[i] for i in good],  # type: ignore[misc]
+            [numbers[i] for i in good],
+        )
+        outcome = list(uploads)  # type: ignore[arg-type]
+        for i, answer in zip(good, answers, strict=True):
+            outcome[i] = answer
     request_id = request_id_of(request)
     version = runtime.model.version
     results: list[dict[str, Any]] = []
-    for i, item in enumerate(outcome):
+    for i, (item, number) in enumerate(zip(outcome, numbers, strict=True)):
         if isinstance(item, ServiceError):
             metrics.ERRORS.labels(item.code).inc()
             error = error_body(item.code, item.message, request_id, f"images[{i}]")
             results.append({"index": i, **error})
         else:
-            prediction = _prediction(item, numbers[i], version, include_input)
+            prediction = _prediction(item, number, version, include_input)
             results.append({"index": i, "prediction": prediction})
     return _json({"results": results})
