@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 from app.imaging import (
@@ -54,6 +54,10 @@ def test_batch_path_gives_prepare_image_answers_pixel_for_pixel(mnist_test: Spli
         encode(Image.fromarray(digit).convert("RGB")),  # colour: the general path
         encode(Image.fromarray(digit), "JPEG", quality=90),
         encode(paper_photo(mnist_test.images[3], rng), "JPEG", quality=90),
+        # plain 28x28 grey PNGs but for a chunk that changes what Pillow makes of them
+        encode(Image.fromarray(digit), transparency=0),  # tRNS: black is see-through
+        encode(Image.fromarray(digit), exif=_orientation(3)),  # eXIf: upside down
+        encode(Image.fromarray(digit), pnginfo=_text_chunk()),  # tEXt
         b"not an image",
     ]
     batched = [
@@ -65,6 +69,18 @@ def test_batch_path_gives_prepare_image_answers_pixel_for_pixel(mnist_test: Spli
     for upload, pixels in zip(uploads[:-1], batched[:-1], strict=True):
         assert isinstance(pixels, np.ndarray)
         assert np.array_equal(pixels, prepare_image(upload, 25_000_000).pixels)
+
+
+def _orientation(value: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = value  # Orientation
+    return exif
+
+
+def _text_chunk() -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "a digit")
+    return info
 
 
 def test_most_of_mnist_takes_the_fast_path(mnist_test: Split) -> None:
