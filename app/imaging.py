@@ -350,7 +350,8 @@ def _pixels_only(data: bytes) -> bool:
         return False
     (length,) = _LENGTH.unpack_from(data, 33)
     iend = 45 + length  # where IEND starts if it follows the IDAT chunk
-    return data[37:41] == b"IDAT" and data[iend + 4 : iend + 8] == b"IEND" and len(data) == iend + 12
+    ends_with_iend = len(data) == iend + 12 and data[iend + 4 : iend + 8] == b"IEND"
+    return data[37:41] == b"IDAT" and ends_with_iend
 
 
 _LENGTH = struct.Struct(">I")

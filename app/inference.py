@@ -335,31 +335,31 @@ class DynamicBatcher:
     def _forward(self, jobs: list[_Job]) -> list[list[Answer | ServiceError]]:
         """On the model thread: decode what came as bytes, then forward passes of up to
         max_size images; the answers split back per job."""
-        images = [image for job in jobs for image in job.images]
+        images: list[Upload | ServiceError] = [image for job in jobs for image in job.images]
         numbers = [number for job in jobs for number in job.numbers]
         uploads = [image for image in images if isinstance(image, bytes)]
-        decoded = iter(prepare_batch(uploads, self.max_image_pixels) if uploads else ())
-        inputs = [next(decoded) if isinstance(x, bytes) else x for x in images]
-        good = {i: x for i, x in enumerate(inputs) if isinstance(x, np.ndarray)}
-        order = list(good)
-        predictions: dict[int, Prediction] = {}
-        for at in range(0, len(order), self.max_size):
-            chunk = order[at : at + self.max_size]
+        if uploads:
+            decoded = iter(prepare_batch(uploads, self.max_image_pixels))
+            images = [next(decoded) if isinstance(x, bytes) else x for x in images]
+        # Each image's place is taken by its Answer; an upload that failed keeps its error.
+        answers: list[Answer | ServiceError] = list(images)  # type: ignore[arg-type]
+        good = [i for i, x in enumerate(images) if isinstance(x, np.ndarray)]
+        digits: list[int] = []
+        for at in range(0, len(good), self.max_size):
+            chunk = good[at : at + self.max_size]
             started = time.perf_counter()
             # np.array stacks equal-shaped arrays at a third of np.stack's cost per image
-            pixels = torch.from_numpy(np.array([good[i] for i in chunk], np.float32)).unsqueeze(1)
+            pixels = torch.from_numpy(np.array([images[i] for i in chunk], np.float32))
             chunk_numbers = torch.tensor([numbers[i] for i in chunk], dtype=torch.long)
-            predictions.update(zip(chunk, self.model.predict(pixels, chunk_numbers), strict=True))
+            predictions = self.model.predict(pixels.unsqueeze(1), chunk_numbers)
             metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
             metrics.BATCH_SIZE.observe(len(chunk))
-        digits = np.bincount([p.digit for p in predictions.values()], minlength=10)
-        for digit, count in enumerate(digits.tolist()):
+            for i, prediction in zip(chunk, predictions, strict=True):
+                answers[i] = Answer(prediction, images[i])  # type: ignore[arg-type]
+            digits += [prediction.digit for prediction in predictions]
+        for digit, count in enumerate(np.bincount(digits, minlength=10).tolist()):
             if count:
                 _COUNT_BY_DIGIT[digit].inc(count)
-        answers = [
-            x if isinstance(x, ServiceError) else Answer(predictions[i], x)
-            for i, x in enumerate(inputs)
-        ]
         per_job, at = [], 0
         for job in jobs:
             per_job.append(answers[at : at + len(job.images)])
