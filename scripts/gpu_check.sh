@@ -18,7 +18,7 @@
 #     starlette==1.10.0 uvicorn==0.54.0 httptools==0.9.0 pydantic==2.14.4 pydantic-core==2.50.5 \
 #     pydantic-settings==2.16.3 python-dotenv==1.2.4 annotated-types==0.8.0 \
 #     typing-inspection==0.4.5 python-multipart==0.0.34 annotated-doc==0.0.7 anyio==4.16.0 \
-#     typing-extensions==4.16.0
+#     typing-extensions==4.16.0 imagecodecs==2026.3.6
 #   mkdir -p .wrk && (cd .wrk && apt-get download wrk libluajit-5.1-2 \
 #     && for f in *.deb; do dpkg -x "$f" root; done && rm -f ./*.deb)
 # then: run(command="bash scripts/gpu_check.sh", carry=[".whl", ".mnist", ".wrk"], timeout_s=540)
@@ -36,8 +36,8 @@ if [ -d .wrk/root ]; then
   export LD_LIBRARY_PATH="$PWD/.wrk/root/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-python3 -c 'import torch, cv2; print("torch", torch.__version__, "CUDA", torch.version.cuda,
-      "on", torch.cuda.get_device_name(), "| opencv", cv2.__version__)'
+python3 -c 'import torch, imagecodecs; print("torch", torch.__version__, "CUDA", torch.version.cuda,
+      "on", torch.cuda.get_device_name(), "| imagecodecs", imagecodecs.__version__)'
 echo "CPUs: $(nproc); wrk: $(wrk -v 2>&1 | head -1)"
 
 echo "== training on CUDA: 2 epochs (938 steps of 128), bf16 autocast, then the export"

@@ -84,7 +84,7 @@ def _text_chunk() -> PngImagePlugin.PngInfo:
 
 
 def test_most_of_mnist_takes_the_fast_path(mnist_test: Split) -> None:
-    """Guards the speed the test above cannot see: OpenCV decodes MNIST-style PNGs and the
+    """Guards the speed the test above cannot see: libspng decodes MNIST-style PNGs and the
     vectorised check passes nearly all of them through."""
     uploads = [mnist_png(image) for image in mnist_test.images[:1000]]
     decoded = [_decode_plain_grey_png(upload) for upload in uploads]
