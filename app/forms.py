@@ -79,6 +79,7 @@ class Form:
         return values
 
 
+_DIGITS = {str(n).encode(): n for n in range(10)}
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
@@ -98,6 +99,9 @@ def query_flag(request: Request, name: str) -> bool:
 
 
 def parse_number(value: bytes, field: str) -> int:
+    number = _DIGITS.get(value)
+    if number is not None:  # the usual case, one lookup
+        return number
     text = value.strip()
     if len(text) == 1 and text.isdigit():  # ASCII 0..9 only; "12", "-1", "3.5" are not
         return text[0] - 48
