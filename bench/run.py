@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                     load_rows += rows
                     batch_rows += batch
                     server_notes.append(notes)
-                    if batch and result["model_only"]:
+                    if name == "ours" and batch and result["model_only"]:
                         yardsticks.append(paired_yardstick(args, server_cpus, result, repeat))
         except (ServerError, WrkError) as exc:
             log(f"error: {exc}")
