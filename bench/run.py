@@ -47,6 +47,8 @@ PACKAGES = (
     "httptools",
     "python-multipart",
     "pillow",
+    "numpy",
+    "imagecodecs",
 )
 
 
