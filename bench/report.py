@@ -91,7 +91,7 @@ def model_reference(model_only: dict[str, Any] | None, batch: int) -> dict[str, 
 def paired_batch_ratios(
     batch_runs: list[dict[str, Any]], yardsticks: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Per repeat: ours' best batch images/s over the model-only figure measured right after it."""
+    """Per repeat: ours' best batch images/s over the model-only figure timed around it."""
     out = []
     for yardstick in yardsticks:
         runs = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.metadata
 import json
 import os
@@ -21,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -244,15 +246,14 @@ def run_model_only(
     return result
 
 
-def paired_yardstick(
-    args: argparse.Namespace, cpus: list[int] | None, result: dict[str, Any], repeat: int
+def time_yardstick(
+    args: argparse.Namespace, cpus: list[int] | None, model_only: dict[str, Any]
 ) -> dict[str, Any]:
-    """The batch bar's yardstick measured again right after this repeat's batch run: the same
-    variant and device as the start-of-run model-only figure, so that the ratio compares two
-    measurements seconds apart rather than minutes (this machine's speed drifts by 10-30%)."""
-    reference = report.model_reference(result["model_only"], args.batch_images)
+    """The batch bar's yardstick timed once more: the same variant and device as the
+    start-of-run model-only figure, at the batch route's batch size."""
+    reference = report.model_reference(model_only, args.batch_images)
     assert reference is not None
-    device = report.served_device(result["model_only"])["device"]
+    device = report.served_device(model_only)["device"]
     measured = run_model_only(
         args,
         cpus,
@@ -262,9 +263,31 @@ def paired_yardstick(
         device.split(":")[0],
         batch_sizes=str(args.batch_images),
     )
-    row = measured["devices"][-1]["rows"][0]
+    row: dict[str, Any] = measured["devices"][-1]["rows"][0]
     log(f"  model-only {row['variant']} x{args.batch_images}: {row['images_per_s']:8.0f} images/s")
-    return {"repeat": repeat, **row}
+    return row
+
+
+def _time_yardstick_into(
+    into: list[dict[str, Any]],
+    args: argparse.Namespace,
+    cpus: list[int] | None,
+    model_only: dict[str, Any],
+) -> None:
+    into.append(time_yardstick(args, cpus, model_only))
+
+
+def paired_yardstick(before: dict[str, Any], after: dict[str, Any], repeat: int) -> dict[str, Any]:
+    """The yardstick of one repeat's batch run: the mean of the model-only figures timed just
+    before and just after it, so that the ratio compares measurements seconds apart rather than
+    minutes (this machine's speed drifts by 10-30% within a run)."""
+    return {
+        **after,
+        "repeat": repeat,
+        "images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
+        "images_per_s_before": before["images_per_s"],
+        "images_per_s_after": after["images_per_s"],
+    }
 
 
 def measure_server(
@@ -275,8 +298,10 @@ def measure_server(
     server_cpus: list[int] | None,
     client_cpus: list[int] | None,
     workdir: Path,
+    before_batch: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """One server's sweep over connection counts (and its batch run): raw rows, plus notes."""
+    """One server's sweep over connection counts (and its batch run): raw rows, plus notes.
+    `before_batch` runs right before the measured batch runs (the batch bar's yardstick)."""
     port = free_port()
     spec = server_spec(name, sys.executable, port, args.model)
     url = f"http://127.0.0.1:{port}/predict"
@@ -322,6 +347,8 @@ def measure_server(
                     min(args.warmup, 2),
                     client_cpus,
                 )
+            if before_batch is not None:
+                before_batch()
             for conns in args.batch_connections:
                 result = run_wrk(
                     url + "/batch",
@@ -411,14 +438,28 @@ def main(argv: list[str] | None = None) -> int:
             for repeat in range(args.repeats):
                 log(f"repeat {repeat + 1}/{args.repeats}")
                 for name in args.servers:
+                    model_only = result["model_only"] if name == "ours" else None
+                    before: list[dict[str, Any]] = []
                     rows, batch, notes = measure_server(
-                        name, repeat, args, bodies, server_cpus, client_cpus, workdir
+                        name,
+                        repeat,
+                        args,
+                        bodies,
+                        server_cpus,
+                        client_cpus,
+                        workdir,
+                        functools.partial(
+                            _time_yardstick_into, before, args, server_cpus, model_only
+                        )
+                        if model_only
+                        else None,
                     )
                     load_rows += rows
                     batch_rows += batch
                     server_notes.append(notes)
-                    if name == "ours" and batch and result["model_only"]:
-                        yardsticks.append(paired_yardstick(args, server_cpus, result, repeat))
+                    if model_only and batch and before:
+                        after = time_yardstick(args, server_cpus, model_only)
+                        yardsticks.append(paired_yardstick(before[0], after, repeat))
         except (ServerError, WrkError) as exc:
             log(f"error: {exc}")
             return 1

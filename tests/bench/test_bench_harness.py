@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bench import payload, report
+from bench import payload, report, run
 from bench.wrk import WrkError, parse_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +113,18 @@ def test_batch_bar_pairs_each_repeat_with_the_model_only_run_beside_it() -> None
     assert "median of 3 paired repeats 0.62x" in str(paired["detail"])
     faster = [dict(y, images_per_s=11000.0) for y in slower]  # median 5600/11000 = 0.51
     assert batch_bar(faster)["holds"] is False
+
+
+def test_a_repeats_yardstick_is_the_mean_of_the_timings_around_it() -> None:
+    before = {"variant": "optimized", "batch_size": 64, "images_per_s": 16000.0}
+    after = dict(before, images_per_s=20000.0)
+    paired = run.paired_yardstick(before, after, repeat=2)
+    assert paired["images_per_s"] == 18000.0
+    assert (paired["images_per_s_before"], paired["images_per_s_after"], paired["repeat"]) == (
+        16000.0,
+        20000.0,
+        2,
+    )
 
 
 @pytest.mark.slow
