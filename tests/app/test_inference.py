@@ -89,9 +89,8 @@ def _batcher(model: LoadedModel, **kwargs: float) -> DynamicBatcher:
     )
 
 
-def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(
-    loaded: LoadedModel, mnist_test: Split, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _record_pass_sizes(loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The batch size of every forward pass the model is asked for from now on."""
     sizes: list[int] = []
     real_predict = loaded.predict
 
@@ -100,6 +99,14 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(
         return real_predict(images, numbers)  # type: ignore[return-value]
 
     monkeypatch.setattr(loaded, "predict", recording)
+    return sizes
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(
+    loaded: LoadedModel, mnist_test: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_predict = loaded.predict
+    sizes = _record_pass_sizes(loaded, monkeypatch)
     expected = real_predict(mnist_test.images[:200], torch.arange(200) % 10)
 
     async def scenario() -> list[object]:
@@ -142,14 +149,7 @@ def _pass_sizes_when_clients_return_apart(
     loaded: LoadedModel, mnist_test: Split, monkeypatch: pytest.MonkeyPatch, gather_s: float
 ) -> list[int]:
     """Three clients answered in one pass ask again 10 ms apart: the sizes of the passes."""
-    sizes: list[int] = []
-    real_predict = loaded.predict
-
-    def recording(images: torch.Tensor, numbers: torch.Tensor) -> list[object]:
-        sizes.append(len(images))
-        return real_predict(images, numbers)  # type: ignore[return-value]
-
-    monkeypatch.setattr(loaded, "predict", recording)
+    sizes = _record_pass_sizes(loaded, monkeypatch)
 
     async def client(i: int) -> None:
         await batcher.predict(_pixels(mnist_test, i), i)
