@@ -334,7 +334,7 @@ def _decode_plain_grey_png(data: bytes) -> np.ndarray | None:
         grey = imagecodecs.spng_decode(data)
     except imagecodecs.SpngError:  # corrupt: Pillow's path names the problem
         return None
-    if grey is None or grey.shape != (SIZE, SIZE) or grey.dtype != np.uint8:
+    if grey.shape != (SIZE, SIZE) or grey.dtype != np.uint8:
         return None
     pixels: np.ndarray = grey
     return pixels
@@ -374,9 +374,8 @@ def _already_like_mnist(stack: np.ndarray) -> np.ndarray:
     inside = (top > 0) & (left > 0) & (bottom < SIZE) & (right < SIZE)
     height, width = bottom - top, right - left
     mass = np.maximum(rows.sum(axis=1), 1)
-    index = _INDEX
-    shift_y = CENTRE - (rows @ index / mass - top)  # where _centre_like_mnist puts the box
-    shift_x = CENTRE - (cols @ index / mass - left)
+    shift_y = CENTRE - (rows @ _INDEX / mass - top)  # where _centre_like_mnist puts the box
+    shift_x = CENTRE - (cols @ _INDEX / mass - left)
     clear = (np.abs(shift_y % 1 - 0.5) > 1e-4) & (np.abs(shift_x % 1 - 0.5) > 1e-4)
     placed_top = np.clip(np.floor(shift_y + 0.5), 0, SIZE - height)
     placed_left = np.clip(np.floor(shift_x + 0.5), 0, SIZE - width)

@@ -268,15 +268,6 @@ def time_yardstick(
     return row
 
 
-def _time_yardstick_into(
-    into: list[dict[str, Any]],
-    args: argparse.Namespace,
-    cpus: list[int] | None,
-    model_only: dict[str, Any],
-) -> None:
-    into.append(time_yardstick(args, cpus, model_only))
-
-
 def paired_yardstick(before: dict[str, Any], after: dict[str, Any], repeat: int) -> dict[str, Any]:
     """The yardstick of one repeat's batch run: the mean of the model-only figures timed just
     before and just after it, so that the ratio compares measurements seconds apart rather than
@@ -298,10 +289,11 @@ def measure_server(
     server_cpus: list[int] | None,
     client_cpus: list[int] | None,
     workdir: Path,
-    before_batch: Callable[[], None] | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """One server's sweep over connection counts (and its batch run): raw rows, plus notes.
-    `before_batch` runs right before the measured batch runs (the batch bar's yardstick)."""
+    yardstick: Callable[[], dict[str, Any]] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]:
+    """One server's sweep over connection counts (and its batch run): raw rows, the batch run's
+    paired yardstick (timed by `yardstick` just before the batch runs and just after the server
+    stops; None without one), plus notes."""
     port = free_port()
     spec = server_spec(name, sys.executable, port, args.model)
     url = f"http://127.0.0.1:{port}/predict"
@@ -309,6 +301,7 @@ def measure_server(
     log_path = workdir / f"{name}-{repeat}.log"
     load_rows: list[dict[str, Any]] = []
     batch_rows: list[dict[str, Any]] = []
+    before: dict[str, Any] | None = None
     with RunningServer(spec, port, server_cpus, log_path, single, payload.CONTENT_TYPE):
         if args.warmup > 0:
             run_wrk(
@@ -347,8 +340,7 @@ def measure_server(
                     min(args.warmup, 2),
                     client_cpus,
                 )
-            if before_batch is not None:
-                before_batch()
+            before = yardstick() if yardstick is not None else None
             for conns in args.batch_connections:
                 result = run_wrk(
                     url + "/batch",
@@ -366,13 +358,16 @@ def measure_server(
                     f"  {name:<8} batch x{args.batch_images} c={conns:<3} {images:8.0f} images/s  "
                     f"p50 {result.p50_ms:7.1f} ms  errors {result.errors}"
                 )
+    paired = None
+    if yardstick is not None and before is not None and batch_rows:
+        paired = paired_yardstick(before, yardstick(), repeat)
     notes = {
         "server": name,
         "repeat": repeat,
         "log_bytes": log_path.stat().st_size,
         "log_tail": log_path.read_text(errors="replace")[-600:],
     }
-    return load_rows, batch_rows, notes
+    return load_rows, batch_rows, paired, notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -439,27 +434,19 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"repeat {repeat + 1}/{args.repeats}")
                 for name in args.servers:
                     model_only = result["model_only"] if name == "ours" else None
-                    before: list[dict[str, Any]] = []
-                    rows, batch, notes = measure_server(
-                        name,
-                        repeat,
-                        args,
-                        bodies,
-                        server_cpus,
-                        client_cpus,
-                        workdir,
-                        functools.partial(
-                            _time_yardstick_into, before, args, server_cpus, model_only
-                        )
+                    yardstick = (
+                        functools.partial(time_yardstick, args, server_cpus, model_only)
                         if model_only
-                        else None,
+                        else None
+                    )
+                    rows, batch, paired, notes = measure_server(
+                        name, repeat, args, bodies, server_cpus, client_cpus, workdir, yardstick
                     )
                     load_rows += rows
                     batch_rows += batch
                     server_notes.append(notes)
-                    if model_only and batch and before:
-                        after = time_yardstick(args, server_cpus, model_only)
-                        yardsticks.append(paired_yardstick(before[0], after, repeat))
+                    if paired is not None:
+                        yardsticks.append(paired)
         except (ServerError, WrkError) as exc:
             log(f"error: {exc}")
             return 1

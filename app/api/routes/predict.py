@@ -137,17 +137,13 @@ async def predict_batch(request: Request, include_input: IncludeInput = False) -
     _admit(runtime, len(images))
     uploads = await _uploads(runtime, images)
     good = [i for i, u in enumerate(uploads) if not isinstance(u, ServiceError)]
-    outcome: list[Answer | ServiceError]
-    if len(good) == len(uploads):  # the usual case: every upload goes to the model
-        outcome = await runtime.batcher.predict_many(uploads, numbers)  # type: ignore[arg-type]
-    else:
-        answers = await runtime.batcher.predict_many(
-            [uploads[i] for i in good],  # type: ignore[misc]
-            [numbers[i] for i in good],
-        )
-        outcome = list(uploads)  # type: ignore[arg-type]
-        for i, answer in zip(good, answers, strict=True):
-            outcome[i] = answer
+    answers = await runtime.batcher.predict_many(
+        [uploads[i] for i in good],  # type: ignore[misc]
+        [numbers[i] for i in good],
+    )
+    outcome: list[Answer | ServiceError] = list(uploads)  # type: ignore[arg-type]
+    for i, answer in zip(good, answers, strict=True):
+        outcome[i] = answer
     request_id = request_id_of(request)
     version = runtime.model.version
     results: list[dict[str, Any]] = []
