@@ -190,19 +190,17 @@ def test_operation_honours_its_documented_contract(
     )
 
 
-def _well_formed_batch_with_a_mutated_image(case: Any) -> bool:
-    """A negative batch case that is a good request but for one image's bytes: the case the
-    fuzzing finds only in some orders, the one that reaches the service as a 200."""
-    body = case.body
-    if not (isinstance(body, dict) and _only_file_contents_mutated(case)):
-        return False
-    images, numbers = body.get("images"), body.get("numbers")
+def _an_image_of_a_batch_changed_type(case: Any) -> bool:
+    """A negative batch case whose only mutation is the type of an `images` item, and nothing
+    outside the body made invalid: the case the fuzzing above meets only in some runs."""
     return (
-        isinstance(images, list)
-        and isinstance(numbers, list)
-        and 0 < len(images) == len(numbers)
-        and all(type(n) is int and 0 <= n <= 9 for n in numbers)
-        and not case.query
+        _only_file_contents_mutated(case)
+        and all(
+            m.schema_pointer == "/properties/images/items" for m in case.meta.phase.data.mutations
+        )
+        and isinstance(case.body, dict)
+        and isinstance(case.body.get("images"), list)
+        and len(case.body["images"]) > 0
     )
 
 
@@ -215,7 +213,7 @@ def test_a_batch_with_mutated_file_bytes_is_answered_in_band(api_schema: Any) ->
     operation = api_schema["/predict/batch"]["POST"]
     case = hypothesis.find(
         operation.as_strategy(GenerationMode.NEGATIVE),
-        _well_formed_batch_with_a_mutated_image,
+        _an_image_of_a_batch_changed_type,
         settings=hypothesis.settings(
             max_examples=5_000,
             derandomize=True,
@@ -223,6 +221,10 @@ def test_a_batch_with_mutated_file_bytes_is_answered_in_band(api_schema: Any) ->
             suppress_health_check=list(hypothesis.HealthCheck),
         ),
     )
+    # One valid number per image, so that only the mutated image is wrong: how the numbers came
+    # out is the luck of the draw (string hashing orders Schemathesis's choices per process),
+    # and a request with too few numbers is refused 422 before any image is looked at.
+    case.body["numbers"] = [0] * len(case.body["images"])
     response = case.call_and_validate(excluded_checks=[negative_data_rejection], timeout=30)
     assert response.status_code == 200, response.text
     _bad_file_is_reported_in_band(response)
