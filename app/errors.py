@@ -41,6 +41,13 @@ class UnsupportedFormat(ServiceError):
     status, code = 415, "unsupported_format"
 
 
+class NoDigit(ServiceError):
+    """The image holds no digit that the service can read: blank paper, only ruling lines or
+    noise (seen by app.imaging), or a shape the model says is not a digit (app.inference)."""
+
+    status, code = 422, "no_digit"
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
