@@ -218,7 +218,7 @@ def _to_white_on_black(grey: np.ndarray) -> tuple[np.ndarray, bool]:
     return grey, inverted
 
 
-def _centre_like_mnist(grey: np.ndarray) -> np.ndarray:
+def frame_like_mnist(grey: np.ndarray) -> np.ndarray:
     """Crop to ink, fit in 20x20 keeping the aspect ratio, centre by centre of mass in 28x28."""
     ink = grey > 0
     if not ink.any():
@@ -256,7 +256,7 @@ def prepare_image(data: bytes, max_pixels: int) -> PreparedImage:
     if alpha is not None:
         grey = _composite(grey, alpha)
     grey, inverted = _to_white_on_black(grey)
-    return PreparedImage(_centre_like_mnist(grey), source_format, source_size, inverted)
+    return PreparedImage(frame_like_mnist(grey), source_format, source_size, inverted)
 
 
 # Small PNGs (MNIST's own 28x28 digits, a client's thumbnails) are decoded inside the model's
@@ -308,7 +308,7 @@ def prepare_batch(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | Serv
         for (i, _), ready, pixels in zip(
             candidates, _already_like_mnist(stack), floats, strict=True
         ):
-            out[i] = pixels if ready else _centre_like_mnist(_to_white_on_black(pixels)[0])
+            out[i] = pixels if ready else frame_like_mnist(_to_white_on_black(pixels)[0])
     metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - started)
     return out
 
@@ -361,7 +361,7 @@ def _already_like_mnist(stack: np.ndarray) -> np.ndarray:
 
     Ink off the border (so it is neither inverted nor has paper removed), a bounding box whose
     longer side is 20 pixels (so it is not resized), and a centre of mass that, rounded as
-    _centre_like_mnist rounds it, puts the box where it already is; or no ink at all. The centre
+    frame_like_mnist rounds it, puts the box where it already is; or no ink at all. The centre
     of mass is exact here (integer moments); one within 1e-4 of a rounding tie is left to the
     slow path, whose float32 sums could round the other way.
     """
@@ -374,7 +374,7 @@ def _already_like_mnist(stack: np.ndarray) -> np.ndarray:
     inside = (top > 0) & (left > 0) & (bottom < SIZE) & (right < SIZE)
     height, width = bottom - top, right - left
     mass = np.maximum(rows.sum(axis=1), 1)
-    shift_y = CENTRE - (rows @ _INDEX / mass - top)  # where _centre_like_mnist puts the box
+    shift_y = CENTRE - (rows @ _INDEX / mass - top)  # where frame_like_mnist puts the box
     shift_x = CENTRE - (cols @ _INDEX / mass - left)
     clear = (np.abs(shift_y % 1 - 0.5) > 1e-4) & (np.abs(shift_x % 1 - 0.5) > 1e-4)
     placed_top = np.clip(np.floor(shift_y + 0.5), 0, SIZE - height)
