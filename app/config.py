@@ -11,6 +11,11 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.devices import DEVICE_HELP, check_device_name
+
+# Width x height above which an upload is refused before it is decoded (DIGITSUM_MAX_IMAGE_PIXELS).
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
+
 
 class Settings(BaseSettings):
     """Read once per process; a bad value stops start-up with a message naming the variable."""
@@ -18,7 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIGITSUM_", frozen=True, extra="ignore")
 
     model_path: Path = Field(Path("models/digitsum.pt"), description="TorchScript checkpoint")
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    device: str = Field("auto", description=DEVICE_HELP)
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="weights and activations on CUDA; half precision is CUDA-only"
     )
@@ -31,7 +36,9 @@ class Settings(BaseSettings):
     preprocess_threads: int = Field(0, ge=0, description="image decoding pool; 0 = CPUs available")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="request body limit")
-    max_image_pixels: int = Field(25_000_000, ge=784, description="refused before decoding above")
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS, ge=784, description="refused before decoding above"
+    )
     max_batch_images: int = Field(256, ge=1, le=4096, description="images per /predict/batch")
     batch_max_size: int = Field(
         256, ge=1, le=4096, description="images in the largest forward pass the batcher forms"
@@ -59,9 +66,7 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError("expected auto, cpu, cuda or cuda:N")
+        return check_device_name(value)
 
 
 @lru_cache

@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import metrics
+
 log = logging.getLogger("digitsum")
 
 
@@ -90,13 +92,34 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", "-"))
 
 
+INTERNAL_ERROR_MESSAGE = "internal error; quote the request id when reporting it"
+
+
 def error_body(
     code: str, message: str, request_id: str, field: str | None = None
 ) -> dict[str, Any]:
+    """The body of every error answer, a whole response's or one batch entry's, counted in
+    digitsum_errors_total by code: the one place either is done."""
+    metrics.ERRORS.labels(code).inc()
     return {"error": {"code": code, "message": message, "field": field, "request_id": request_id}}
 
 
-INTERNAL_ERROR_MESSAGE = "internal error; quote the request id when reporting it"
+def error_json(
+    status: int,
+    code: str,
+    message: str,
+    request_id: str,
+    *,
+    field: str | None = None,
+    retry_after: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An error answer (error_body) with its status and, for a 503, its Retry-After."""
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    body = error_body(code, message, request_id, field)
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 def error_response(
@@ -107,12 +130,9 @@ def error_response(
     field: str | None = None,
     retry_after: int | None = None,
 ) -> JSONResponse:
-    from app import metrics  # late: metrics imports nothing of ours, keep errors importable alone
-
-    metrics.ERRORS.labels(code).inc()
-    body = error_body(code, message, request_id_of(request), field)
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return error_json(
+        status, code, message, request_id_of(request), field=field, retry_after=retry_after
+    )
 
 
 def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from app import metrics
+from app import devices, metrics
 from app.errors import InferenceTimeout, ModelLoadError, Overloaded, ServiceError
 from app.imaging import prepare_batch
 
@@ -90,12 +90,11 @@ CONFIDENCE_DECIMALS = 6
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"DIGITSUM_DEVICE={name}, but CUDA is not available here")
-    return device
+    """DIGITSUM_DEVICE as a torch.device (app.devices); ModelLoadError where it cannot be had."""
+    try:
+        return devices.resolve_device(name)
+    except devices.DeviceError as exc:
+        raise ModelLoadError(f"DIGITSUM_DEVICE={name}: {exc}") from exc
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -200,7 +199,7 @@ class DynamicBatcher:
         max_wait_s: float,
         max_queue: int,
         timeout_s: float,
-        max_image_pixels: int = 25_000_000,
+        max_image_pixels: int,
         gather_s: float = 0.0,
     ) -> None:
         self.model = model

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi.routing import APIRoute
 from starlette.datastructures import MutableHeaders
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
@@ -27,7 +27,7 @@ from app.errors import (
     BodyTimeout,
     PayloadTooLarge,
     ServiceError,
-    error_body,
+    error_json,
     service_error_response,
 )
 from app.forms import query_flag
@@ -144,10 +144,7 @@ class RequestContextMiddleware:
             log.exception("unhandled error", extra={"request_id": request_id})
             status = 500
             if not started_response:
-                metrics.ERRORS.labels("internal_error").inc()
-                response = JSONResponse(
-                    error_body("internal_error", INTERNAL_ERROR_MESSAGE, request_id), 500
-                )
+                response = error_json(500, "internal_error", INTERNAL_ERROR_MESSAGE, request_id)
                 await response(scope, receive, send_with_id)
         finally:
             self._record(scope, status, time.perf_counter() - started, request_id)
@@ -159,10 +156,11 @@ class RequestContextMiddleware:
         self, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
         # Answer from the headers alone; the body is never read, and the connection is closed.
-        metrics.ERRORS.labels(PayloadTooLarge.code).inc()
-        response = JSONResponse(
-            error_body(PayloadTooLarge.code, self._too_large_message(), request_id),
-            status_code=413,
+        response = error_json(
+            PayloadTooLarge.status,
+            PayloadTooLarge.code,
+            self._too_large_message(),
+            request_id,
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)

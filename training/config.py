@@ -6,6 +6,7 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from app.devices import DEVICE_HELP, DeviceError, check_device_name
 from training.model import ModelConfig
 
 
@@ -92,9 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=d.seed, help="seed of weights, pairing and augmentation"
     )
-    p.add_argument(
-        "--device", default=d.device, help="auto (CUDA when present), cpu, cuda or cuda:N"
-    )
+    p.add_argument("--device", default=d.device, help=DEVICE_HELP)
     p.add_argument(
         "--threads", type=int, default=d.threads, help="CPU threads for torch (0: torch's default)"
     )
@@ -117,8 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     args = build_parser().parse_args(argv)
-    if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
-        build_parser().error(f"--device: expected auto, cpu, cuda or cuda:N, got {args.device!r}")
+    try:
+        check_device_name(args.device)
+    except DeviceError as exc:
+        build_parser().error(f"--device: {exc}")
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         build_parser().error("--epochs and --batch-size must be >= 1 and --lr > 0")
     return TrainConfig(**vars(args))

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from app.devices import DEVICE_HELP, DeviceError, resolve_device
 from training.data import DataError, Split, ensure_mnist, load_split
 
 
@@ -108,14 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="folder holding MNIST/raw/t10k-*.gz"
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     args = p.parse_args(argv)
-    device = torch.device(args.device)
     try:
+        device = resolve_device(args.device)
         folder = ensure_mnist(args.data_dir, splits=("t10k",), download=False)
         test = load_split(folder, "t10k")
         model = torch.jit.load(str(args.checkpoint), map_location=device).eval()
-    except DataError as exc:
+    except (DataError, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (RuntimeError, ValueError, OSError) as exc:

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from app.devices import DeviceError, resolve_device
 from training import export, plots
 from training.atomic import atomic_write
 from training.config import TrainConfig, parse_args
@@ -61,15 +62,12 @@ class Runtime:
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DataError(
-                f"--device {name}: CUDA is not available on this machine; use --device cpu"
-            )
-        return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
-    return torch.device("cpu")
+    """--device as a torch.device (app.devices, the service's own parser): a bare cuda is this
+    process's GPU under torchrun."""
+    try:
+        return resolve_device(name, local_rank)
+    except DeviceError as exc:
+        raise DataError(f"--device {name}: {exc}") from exc
 
 
 def setup_runtime(cfg: TrainConfig) -> Runtime:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
+from app.config import DEFAULT_MAX_IMAGE_PIXELS
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 from app.imaging import (
     _already_like_mnist,
@@ -27,7 +28,7 @@ def test_mnist_png_comes_out_unchanged(mnist_test: Split) -> None:
     and the rest move by one pixel at most."""
     identical = 0
     for image in mnist_test.images[:2000]:
-        prepared = prepare_image(mnist_png(image), 25_000_000)
+        prepared = prepare_image(mnist_png(image), DEFAULT_MAX_IMAGE_PIXELS)
         assert not prepared.inverted
         if torch.equal(prepared.tensor, image):
             identical += 1
@@ -63,12 +64,12 @@ def test_batch_path_gives_prepare_image_answers_pixel_for_pixel(mnist_test: Spli
     batched = [
         x
         for at in range(0, len(uploads), 64)
-        for x in prepare_batch(uploads[at : at + 64], 25_000_000)
+        for x in prepare_batch(uploads[at : at + 64], DEFAULT_MAX_IMAGE_PIXELS)
     ]
     assert isinstance(batched[-1], InvalidImage)
     for upload, pixels in zip(uploads[:-1], batched[:-1], strict=True):
         assert isinstance(pixels, np.ndarray)
-        assert np.array_equal(pixels, prepare_image(upload, 25_000_000).pixels)
+        assert np.array_equal(pixels, prepare_image(upload, DEFAULT_MAX_IMAGE_PIXELS).pixels)
 
 
 def _orientation(value: int) -> Image.Exif:
@@ -105,7 +106,7 @@ def test_only_small_pngs_are_light() -> None:
 
 def test_photo_is_inverted_cropped_and_centred(mnist_test: Split) -> None:
     photo = paper_photo(mnist_test.images[0], random.Random(1))
-    prepared = prepare_image(encode(photo, "JPEG", quality=90), 25_000_000)
+    prepared = prepare_image(encode(photo, "JPEG", quality=90), DEFAULT_MAX_IMAGE_PIXELS)
     assert prepared.inverted
     pixels = prepared.tensor[0]
     assert pixels.shape == (28, 28)
@@ -120,7 +121,7 @@ def test_photo_is_inverted_cropped_and_centred(mnist_test: Split) -> None:
 
 
 def test_blank_image_gives_an_empty_input() -> None:
-    prepared = prepare_image(encode(Image.new("L", (50, 50), 255)), 25_000_000)
+    prepared = prepare_image(encode(Image.new("L", (50, 50), 255)), DEFAULT_MAX_IMAGE_PIXELS)
     assert float(prepared.tensor.abs().sum()) == 0.0
 
 
@@ -137,7 +138,7 @@ def test_blank_image_gives_an_empty_input() -> None:
 )
 def test_signatures_are_checked_before_any_decoder(data: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
-        prepare_image(data, 25_000_000)
+        prepare_image(data, DEFAULT_MAX_IMAGE_PIXELS)
 
 
 def test_pixel_cap_is_applied_from_the_header() -> None:

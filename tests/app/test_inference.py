@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.config import DEFAULT_MAX_IMAGE_PIXELS
 from app.errors import InferenceTimeout, InvalidImage, ModelLoadError, Overloaded
 from app.inference import Answer, DynamicBatcher, LoadedModel, load_model
 from tests.conftest import MODEL_PATH
@@ -78,6 +79,7 @@ def _batcher(model: LoadedModel, **kwargs: float) -> DynamicBatcher:
         "max_wait_s": 0.0,
         "max_queue": 512,
         "timeout_s": 10.0,
+        "gather_s": 0.0,
     }
     options.update(kwargs)
     return DynamicBatcher(
@@ -86,6 +88,8 @@ def _batcher(model: LoadedModel, **kwargs: float) -> DynamicBatcher:
         max_wait_s=options["max_wait_s"],
         max_queue=int(options["max_queue"]),
         timeout_s=options["timeout_s"],
+        max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+        gather_s=options["gather_s"],
     )
 
 
@@ -163,9 +167,7 @@ def _pass_sizes_when_clients_return_apart(
         finally:
             await batcher.stop()
 
-    batcher = DynamicBatcher(
-        loaded, max_size=64, max_wait_s=0.0, max_queue=512, timeout_s=10.0, gather_s=gather_s
-    )
+    batcher = _batcher(loaded, gather_s=gather_s)
     asyncio.run(scenario())
     return sizes
 
@@ -180,9 +182,7 @@ def test_clients_answered_together_are_gathered_again(
 
 def test_a_lone_client_never_waits_to_be_gathered(loaded: LoadedModel, mnist_test: Split) -> None:
     async def scenario() -> float:
-        batcher = DynamicBatcher(
-            loaded, max_size=64, max_wait_s=0.0, max_queue=512, timeout_s=10.0, gather_s=5.0
-        )
+        batcher = _batcher(loaded, gather_s=5.0)
         batcher.start()
         try:
             started = time.perf_counter()

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ServiceDep
+from app.errors import Draining, NotReady
 from app.schemas import HealthResponse
 from app.state import Phase
 
@@ -26,7 +27,8 @@ async def live() -> HealthResponse:
 async def ready(service: ServiceDep) -> JSONResponse:
     if service.phase is Phase.READY:
         return JSONResponse({"status": "ready"})
-    retry = "2" if service.phase is Phase.LOADING else "5"
+    # the same Retry-After as the prediction routes' 503s in this phase (app/errors.py)
+    retry = NotReady.retry_after if service.phase is Phase.LOADING else Draining.retry_after
     return JSONResponse(
-        {"status": service.phase.value}, status_code=503, headers={"Retry-After": retry}
+        {"status": service.phase.value}, status_code=503, headers={"Retry-After": str(retry)}
     )

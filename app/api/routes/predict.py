@@ -15,7 +15,6 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic_core import to_json
 
-from app import metrics
 from app.api.deps import runtime_of
 from app.errors import Overloaded, ServiceError, error_body, request_id_of
 from app.forms import FormFieldError, read_form
@@ -149,7 +148,6 @@ async def predict_batch(request: Request, include_input: IncludeInput = False) -
     results: list[dict[str, Any]] = []
     for i, (item, number) in enumerate(zip(outcome, numbers, strict=True)):
         if isinstance(item, ServiceError):
-            metrics.ERRORS.labels(item.code).inc()
             error = error_body(item.code, item.message, request_id, f"images[{i}]")
             results.append({"index": i, **error})
         else:
