@@ -14,8 +14,6 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
 from typing import Any
 
 import torch
@@ -24,6 +22,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
+from app import __version__
 from app.api.routes import health, metrics, model, page, predict
 from app.config import Settings, available_cpus, get_settings, torch_threads_for
 from app.errors import ModelLoadError, install_error_handlers
@@ -103,13 +102,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("stopped")
 
 
-def _api_version() -> str:
-    try:
-        return package_version("digitsum")
-    except PackageNotFoundError:  # run from a source tree without `pip install`
-        return "0+source"
-
-
 class DigitsumAPI(FastAPI):
     """FastAPI, with our middlewares around its whole stack rather than inside it.
 
@@ -144,7 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ]
     app = DigitsumAPI(
         title="digitsum",
-        version=_api_version(),
+        version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
         # Metrics are Prometheus (/metrics) and logs are JSON lines; FastAPI's OpenTelemetry

@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from app import __version__
 from app.devices import DeviceError, resolve_device
 from training import export, plots
 from training.atomic import atomic_write
@@ -210,7 +210,7 @@ def build_card(
     )
     return {
         "name": "digitsum",
-        "version": package_version("digitsum"),
+        "version": __version__,  # the project's, from the source: no install needed
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         "contract": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from app import __version__
 from tests.conftest import REPO_ROOT, TEST_DATA_DIR
 from training import train as train_module
 from training.data import MNIST_FILES, DataError, ensure_mnist, read_idx
@@ -87,6 +89,26 @@ def test_smoke_training_exports_a_checkpoint_that_matches_the_eager_model(
     assert json.loads((tmp_path / "digitsum.json").read_text())["file"]["sha256"]
     assert (tmp_path / "learning_curves.png").stat().st_size > 1000
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_training_runs_from_a_source_tree_without_the_project_installed(
+    sliced_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU machine runs the trainer with PYTHONPATH only (scripts/gpu_check.sh): no package
+    metadata for digitsum there, and the card's version comes from app.__version__."""
+    real_from_name = importlib.metadata.Distribution.from_name
+
+    def not_installed(cls: type[importlib.metadata.Distribution], name: str) -> Any:
+        if name.lower() == "digitsum":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_from_name(name)
+
+    monkeypatch.setattr(importlib.metadata.Distribution, "from_name", classmethod(not_installed))
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.version("digitsum")
+    assert main(_smoke_args(sliced_mnist, tmp_path, "--epochs", "1")) == 0
+    card = json.loads((tmp_path / "digitsum.json").read_text())
+    assert card["version"] == __version__
 
 
 def test_run_killed_mid_epoch_leaves_outputs_untouched_and_resumes(
