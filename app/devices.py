@@ -38,3 +38,27 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     if name == "cuda" and local_rank is not None:
         return torch.device(f"cuda:{local_rank}")
     return torch.device(name)
+
+
+def exact_fp32_on_cuda() -> None:
+    """fp32 on CUDA means fp32 for inference: no TF32, and no TorchScript fuser on the GPU.
+
+    Process-wide switches that only CUDA kernels read (the CPU's answers are untouched); called
+    by the service's load_model and by `python -m training.evaluate` on a CUDA device. Training
+    keeps torch's defaults (it runs under bf16 autocast anyway).
+
+    - TF32: cuDNN convolutions run in TF32 (a 10-bit mantissa) by default on Ampere and later.
+      The shipped model has (image, number) pairs whose two best sum logits differ by less than
+      0.001, and TF32 (emulated on the CPU) flips such an answer: "the same answers as the CPU"
+      would then be false. The model is small enough that full fp32 costs little; the GPU check
+      (scripts/gpu_check.sh) measures what the service runs.
+    - The fuser: TorchScript's NNC fuser would compile this graph's elementwise ops with NVRTC
+      at run time, again for new input shapes, while the service forms every batch size from 1
+      to batch_max_size; a compile failure would fail requests, frozen graphs have a history of
+      fuser bugs, and what it could fuse here (a ReLU after each cuDNN convolution, with
+      BatchNorm already folded in by freezing, and the heads' few small ops) is little. Off, the
+      GPU runs the same cuDNN/cuBLAS and ATen kernels at every batch size.
+    """
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch._C._jit_override_can_fuse_on_gpu(False)

@@ -111,6 +111,8 @@ def load_model(path: Path, device: torch.device, precision: str = "fp32") -> Loa
         raise ModelLoadError(f"DIGITSUM_PRECISION={precision} needs a CUDA device; use fp32")
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path} (set DIGITSUM_MODEL_PATH)")
+    if device.type == "cuda":
+        devices.exact_fp32_on_cuda()  # no TF32, no run-time fusion: app/devices.py says why
     data = path.read_bytes()
     extra = {CARD_EXTRA_FILE: ""}
     try:

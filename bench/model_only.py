@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from app.devices import exact_fp32_on_cuda
+
 CARD_EXTRA_FILE = "metadata.json"
 VARIANTS = ("eager", "torchscript", "frozen", "optimized")
 Model = Callable[[torch.Tensor, torch.Tensor], Any]
@@ -124,16 +126,24 @@ def measure(
     variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, Any]:
     models, skipped = load_variants(path, device, variants)
-    rows = [
-        {
-            "variant": name,
-            "batch_size": batch,
-            "images_per_s": images_per_second(models[name], batch, device, seconds),
-        }
-        for name in VARIANTS
-        if name in models and name in variants
-        for batch in batch_sizes
-    ]
+    rows: list[dict[str, Any]] = []
+    for name in [v for v in VARIANTS if v in models and v in variants]:
+        # Timed inside the try too: a variant can build and still fail at its first calls
+        # (TorchScript compiles fusion groups only once it has profiled a few runs).
+        try:
+            timed = [
+                {
+                    "variant": name,
+                    "batch_size": batch,
+                    "images_per_s": images_per_second(models[name], batch, device, seconds),
+                }
+                for batch in batch_sizes
+            ]
+        except Exception as exc:  # report it and time the others
+            skipped[name] = f"{type(exc).__name__}: {exc}"
+            del models[name]
+            continue
+        rows += timed
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {
         "device": str(device),
@@ -154,14 +164,18 @@ def agreement(models: dict[str, Model], device: torch.device) -> dict[str, float
     image = torch.rand(256, 1, 28, 28, generator=generator).to(device)
     number = torch.randint(0, 10, (256,), generator=generator).to(device)
     reference = models["torchscript"](image, number)
-    return {
-        name: max(
-            float((a.float() - b.float()).abs().max())
-            for a, b in zip(model(image, number), reference, strict=True)
-        )
-        for name, model in models.items()
-        if name != "torchscript"
-    }
+    differences: dict[str, float] = {}
+    for name, model in models.items():
+        if name == "torchscript":
+            continue
+        try:
+            differences[name] = max(
+                float((a.float() - b.float()).abs().max())
+                for a, b in zip(model(image, number), reference, strict=True)
+            )
+        except Exception:  # measure() timed it, so this is rare; NaN says "not compared"
+            differences[name] = float("nan")
+    return differences
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -197,6 +211,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated devices to time; cuda only where present (default: cpu,cuda)",
     )
     parser.add_argument(
+        "--cuda-fuser",
+        choices=("off", "on"),
+        default="off",
+        help="TorchScript's fuser on the GPU: off as the service runs it (app.devices."
+        "exact_fp32_on_cuda, which also turns TF32 off), or on as torch has it (default: off)",
+    )
+    parser.add_argument(
         "--no-cuda",
         action="store_true",
         help="skip CUDA even when present (same as --devices cpu)",
@@ -216,8 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     devices = [d for d in args.devices.split(",") if d]
     if args.no_cuda or not torch.cuda.is_available():
         devices = [d for d in devices if d != "cuda"]
+    if "cuda" in devices:
+        exact_fp32_on_cuda()  # the service's CUDA settings
+        torch._C._jit_override_can_fuse_on_gpu(args.cuda_fuser == "on")
     result = {
         "threads": args.threads,
+        "cuda_fuser": args.cuda_fuser if "cuda" in devices else None,
         "torch": torch.__version__,
         "devices": [
             measure(args.model, torch.device(d), batch_sizes, args.seconds, variants)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from app.devices import DEVICE_HELP, DeviceError, resolve_device
+from app.devices import DEVICE_HELP, DeviceError, exact_fp32_on_cuda, resolve_device
 from training.data import DataError, Split, ensure_mnist, load_split
 
 
@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         device = resolve_device(args.device)
+        if device.type == "cuda":
+            exact_fp32_on_cuda()  # score what the service computes (app/devices.py says why)
         folder = ensure_mnist(args.data_dir, splits=("t10k",), download=False)
         test = load_split(folder, "t10k")
         model = torch.jit.load(str(args.checkpoint), map_location=device).eval()

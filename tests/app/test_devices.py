@@ -7,7 +7,7 @@ import torch
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.devices import DeviceError, check_device_name, resolve_device
+from app.devices import DeviceError, check_device_name, exact_fp32_on_cuda, resolve_device
 from training.config import parse_args
 
 
@@ -41,3 +41,24 @@ def test_cuda_without_cuda_is_refused() -> None:
 def test_bare_cuda_is_the_launchers_gpu() -> None:
     assert resolve_device("cuda", local_rank=0) == torch.device("cuda:0")
     assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_exact_fp32_on_cuda_turns_off_tf32_and_the_gpu_fuser() -> None:
+    """The switches are process-wide and need no GPU to read; put back as they were after."""
+    before = (
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch._C._jit_can_fuse_on_gpu(),
+        torch._C._jit_can_fuse_on_cpu(),
+    )
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        torch._C._jit_override_can_fuse_on_gpu(True)
+        exact_fp32_on_cuda()
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert torch._C._jit_can_fuse_on_gpu() is False
+        assert torch._C._jit_can_fuse_on_cpu() == before[3]  # the CPU's path is untouched
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before[:2]
+        torch._C._jit_override_can_fuse_on_gpu(before[2])

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from bench import payload, report, run
+from bench import model_only, payload, report, run
 from bench.wrk import WrkError, parse_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL_PATH = REPO_ROOT / "models" / "digitsum.pt"
 
 WRK_LINE = (
     'BENCH_JSON {"requests": 2000, "duration_us": 2000000, "bytes": 1, "connect_errors": 0, '
@@ -177,3 +179,32 @@ def test_quick_run_against_the_empty_endpoint_writes_results(tmp_path: Path) -> 
     assert all(bar["holds"] is None for bar in result["bars"])  # ours was not run
     assert "| limit | 1 |" in (tmp_path / "smoke.md").read_text()
     assert (tmp_path / "smoke.png").stat().st_size > 0
+
+
+def test_model_only_reports_a_variant_that_fails_when_run_and_times_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A variant can build and fail only at its first calls (TorchScript's fuser compiles then,
+    on CUDA): the others are still timed and the failure is reported, not raised."""
+    real_load = model_only.load_variants
+
+    def with_a_broken_variant(
+        path: Path, device: torch.device, wanted: tuple[str, ...] = model_only.VARIANTS
+    ) -> tuple[dict[str, model_only.Model], dict[str, str]]:
+        models, skipped = real_load(path, device, ("torchscript",))
+
+        def broken(image: torch.Tensor, number: torch.Tensor) -> Any:
+            raise RuntimeError("fusion group failed to compile")
+
+        return {**models, "frozen": broken}, skipped
+
+    monkeypatch.setattr(model_only, "load_variants", with_a_broken_variant)
+    result = model_only.measure(
+        MODEL_PATH, torch.device("cpu"), [1, 4], 0.05, ("torchscript", "frozen")
+    )
+    assert [(r["variant"], r["batch_size"]) for r in result["rows"]] == [
+        ("torchscript", 1),
+        ("torchscript", 4),
+    ]
+    assert result["skipped"] == {"frozen": "RuntimeError: fusion group failed to compile"}
+    assert result["max_abs_diff_vs_torchscript"] == {}
