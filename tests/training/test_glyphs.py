@@ -1,0 +1,79 @@
+"""Glyph sources: every digit of every source renders, deterministically, split by source."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training import glyphs
+
+
+@pytest.mark.parametrize("split", glyphs.SPLITS)
+def test_every_digit_of_every_source_renders_ink_in_range(split: str) -> None:
+    rng = np.random.default_rng(0)
+    for source in glyphs.sources(split):
+        assert source.split == split
+        assert source.family in ("pen", "font")
+        for digit in range(10):
+            for size in (64, 28):
+                ink = glyphs.render_digit(source, digit, rng, size=size)
+                assert ink.shape == (size, size), (source, digit)
+                assert ink.dtype == np.float32
+                assert ink.min() >= 0.0
+                assert ink.max() <= 1.0
+                assert ink.max() > 0.5, (source.name, digit)  # real ink, not a faint smear
+                assert (ink > 0.5).sum() >= 0.003 * size * size, (source.name, digit)
+                rows = np.flatnonzero(ink.max(axis=1) > 0.3)
+                # The glyph fills a sizeable part of the height, not a speck, not the frame.
+                assert 0.3 * size <= rows[-1] - rows[0] + 1 <= size, (source.name, digit)
+
+
+def test_render_is_deterministic_for_a_seed() -> None:
+    for split in glyphs.SPLITS:
+        for source in glyphs.sources(split)[::3]:
+            first = glyphs.render_digit(source, 7, np.random.default_rng(42))
+            again = glyphs.render_digit(source, 7, np.random.default_rng(42))
+            other = glyphs.render_digit(source, 7, np.random.default_rng(43))
+            np.testing.assert_array_equal(first, again)
+            assert not np.array_equal(first, other)
+
+
+def test_train_and_heldout_sources_are_disjoint() -> None:
+    train = {s.name for s in glyphs.sources("train")}
+    heldout = {s.name for s in glyphs.sources("heldout")}
+    assert not train & heldout
+    for names in (train, heldout):
+        assert any(n.startswith("pen:") for n in names)
+        assert any(n.startswith("font:") for n in names)
+    # The project's independent check uses the Hershey fonts: none of ours may be one.
+    assert not any("hershey" in n.lower() for n in train | heldout)
+
+
+@pytest.mark.parametrize("split", glyphs.SPLITS)
+@pytest.mark.parametrize("kind", glyphs.NEGATIVE_KINDS)
+def test_negatives_render(split: str, kind: str) -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        ink = glyphs.render_negative(kind, split, rng)
+        assert ink.shape == (64, 64)
+        assert ink.dtype == np.float32
+        assert ink.min() >= 0.0
+        assert ink.max() <= 1.0
+        assert ink.max() > 0.3
+
+
+def test_unknown_split_and_kind_are_refused() -> None:
+    with pytest.raises(ValueError, match="split"):
+        glyphs.sources("test")
+    with pytest.raises(ValueError, match="kind"):
+        glyphs.render_negative("digit", "train", np.random.default_rng(0))
+
+
+def test_missing_heldout_fonts_name_the_apt_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(glyphs, "FONT_ROOT", glyphs.Path("/nonexistent"))
+    glyphs._font_files.cache_clear()
+    try:
+        with pytest.raises(glyphs.GlyphSourceMissing, match="apt-get install -y fonts-"):
+            glyphs.sources("heldout")
+    finally:
+        glyphs._font_files.cache_clear()
