@@ -35,7 +35,11 @@ class Settings(BaseSettings):
     )
     preprocess_threads: int = Field(0, ge=0, description="image decoding pool; 0 = CPUs available")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="request body limit")
+    # A 12-megapixel phone photo is 2-8 MB as JPEG (quality 85-95) and 1-3 MB as HEIC; 20 MiB
+    # leaves room for the largest JPEG within max_image_pixels at phone quality.
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="request body limit; fits a 12 MP phone photo"
+    )
     max_image_pixels: int = Field(
         DEFAULT_MAX_IMAGE_PIXELS, ge=784, description="refused before decoding above"
     )

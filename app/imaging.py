@@ -24,7 +24,10 @@ from PIL import Image, ImageOps
 from app import metrics
 from app.errors import ImageTooLarge, InvalidImage, ServiceError, UnsupportedFormat
 
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+# Pillow's names for the formats we decode. HEIF is what iPhones save (HEIC), read by
+# pillow-heif (libheif); AVIF is read by Pillow's own plugin (libavif, in its wheels).
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "HEIF", "AVIF")
+ACCEPTED = "PNG, JPEG, WebP, BMP, GIF, HEIC/HEIF or AVIF"  # the same list, as people name them
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # (magic bytes at offset 0, Pillow format). WebP is RIFF....WEBP, checked apart.
@@ -44,9 +47,6 @@ _OTHER_IMAGE_SIGNATURES = (
     b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
     b"%!PS",
     b"%PDF",
-    b"\x00\x00\x00\x1cftypavif",
-    b"\x00\x00\x00\x20ftypavif",
-    b"\x00\x00\x00\x18ftypheic",
     b"qoif",
     b"P1",
     b"P2",
@@ -63,6 +63,7 @@ BOX = 20  # MNIST scales each digit to fit this box
 CENTRE = 14.0  # where MNIST puts a digit's centre of mass (row, column)
 NOISE_FLOOR = 0.15  # after the paper is removed, fainter pixels of a photo are noise, not ink
 WORK_SIDE = 1024  # larger images are shrunk to this side before any per-pixel float work
+DRAFT_SIDE = 768  # JPEGs larger than this are decoded at reduced scale, but not below it
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,75 @@ def png_base64(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+# HEIF and AVIF files are ISO base media files: a first box `ftyp` whose size varies, a major
+# brand, a minor version, then compatible brands. The brands say which codec the images use.
+_AVIF_BRANDS = frozenset((b"avif", b"avis"))
+_HEVC_BRANDS = frozenset((b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"))
+_HEIF_BRANDS = frozenset((b"mif1", b"msf1"))  # HEIF images with a codec named elsewhere
+_FTYP_HEAD = struct.Struct(">I4s4s")  # box size, "ftyp", major brand
+
+
+def _ftyp_format(data: bytes) -> str | None:
+    """HEIF or AVIF from an ISO base media file's ftyp box; None if the file has none; raises
+    UnsupportedFormat for other such files (videos, JPEG 2000, camera raws)."""
+    if len(data) < 12 or data[4:8] != b"ftyp":
+        return None
+    box_size, _, major = _FTYP_HEAD.unpack_from(data)
+    end = min(len(data), max(box_size, 16), 4096)
+    brands = {major} | {data[i : i + 4] for i in range(16, end - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    if brands & (_HEVC_BRANDS | _HEIF_BRANDS):
+        return "HEIF"
+    raise UnsupportedFormat(f"image format not accepted; send {ACCEPTED}", field="image")
+
+
+_BOX_HEAD = struct.Struct(">I4s")
+_ISPE = struct.Struct(">4xII")  # version and flags, width, height
+
+
+def _boxes(data: bytes, start: int, end: int) -> dict[bytes, tuple[int, int]]:
+    """The ISO boxes laid end to end in data[start:end]: type -> (content start, end)."""
+    found: dict[bytes, tuple[int, int]] = {}
+    while start + 8 <= end:
+        size, kind = _BOX_HEAD.unpack_from(data, start)
+        header = 8
+        if size == 1 and start + 16 <= end:  # a 64-bit size follows the type
+            size, header = int.from_bytes(data[start + 8 : start + 16], "big"), 16
+        elif size == 0:  # to the end of the file
+            size = end - start
+        if size < header:
+            break
+        found.setdefault(kind, (start + header, min(start + size, end)))
+        start += size
+    return found
+
+
+def _largest_declared_image(data: bytes) -> tuple[int, int]:
+    """The largest width x height that a HEIF/AVIF file's item properties declare (ispe: the
+    coded image, the grid, the tiles, the thumbnails), (0, 0) if none is found. The decoder's
+    own size is the image after its transformations: a crop (clap) can make a huge coded
+    image look small, and the coded image is what decoding costs."""
+    meta = _boxes(data, 0, len(data)).get(b"meta")
+    if meta is None:
+        return 0, 0
+    iprp = _boxes(data, meta[0] + 4, meta[1]).get(b"iprp")  # meta is a full box: 4 more bytes
+    ipco = _boxes(data, *iprp).get(b"ipco") if iprp else None
+    if ipco is None:
+        return 0, 0
+    largest, start, end = (0, 0), *ipco
+    while start + 8 <= end:  # the property boxes, several of each type
+        size, kind = _BOX_HEAD.unpack_from(data, start)
+        if size < 8:
+            break
+        if kind == b"ispe" and size >= 20 and start + 20 <= end:
+            width, height = _ISPE.unpack_from(data, start + 8)
+            if width * height > largest[0] * largest[1]:
+                largest = (width, height)
+        start += size
+    return largest
+
+
 def sniff_format(data: bytes) -> str:
     """The allowed format named by the file's first bytes, or raise before any decoder runs."""
     if not data:
@@ -97,18 +167,35 @@ def sniff_format(data: bytes) -> str:
     for magic, fmt in _SIGNATURES:
         if data.startswith(magic):
             return fmt
+    from_ftyp = _ftyp_format(data)
+    if from_ftyp is not None:
+        return from_ftyp
     if any(data.startswith(magic) for magic in _OTHER_IMAGE_SIGNATURES):
-        raise UnsupportedFormat(
-            f"image format not accepted; send one of {', '.join(ALLOWED_FORMATS)}", field="image"
-        )
-    raise InvalidImage(
-        f"the uploaded file is not an image (accepted: {', '.join(ALLOWED_FORMATS)})", field="image"
-    )
+        raise UnsupportedFormat(f"image format not accepted; send {ACCEPTED}", field="image")
+    raise InvalidImage(f"the uploaded file is not an image (accepted: {ACCEPTED})", field="image")
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode `data` with the one decoder its signature names, refusing huge images first."""
+    return _decode(data, max_pixels, draft_side=0)[0]
+
+
+def _decode(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded image and its size as sent. With `draft_side`, a JPEG is decoded at the
+    smallest DCT scale (1/2, 1/4 or 1/8) whose longer side stays at least `draft_side`: a
+    12 MP photo costs a sixteenth of its pixels (bench/photos.py measures it). HEIF (HEVC) and
+    AVIF (AV1) cannot decode at reduced scale; pillow-heif would use an embedded thumbnail of
+    that size if there were one (phones embed smaller ones)."""
     fmt = sniff_format(data)
+    if fmt in ("HEIF", "AVIF"):
+        width, height = _largest_declared_image(data)
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"image is {width}x{height} pixels; the limit is {max_pixels:,} pixels",
+                field="image",
+            )
+        if fmt == "HEIF":
+            _register_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -120,16 +207,34 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
                     field="image",
                 )
             image.seek(0)  # first frame of an animation
+            if draft_side and max(width, height) > draft_side:
+                scale = draft_side / max(width, height)
+                image.draft(image.mode, (max(1, int(width * scale)), max(1, int(height * scale))))
             image.load()
     except (ImageTooLarge, UnsupportedFormat):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge("image dimensions are too large to decode", field="image") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, RuntimeError) as exc:
         raise InvalidImage(
             f"cannot decode the {fmt} image: it is truncated or corrupt", field="image"
         ) from exc
-    return image
+    return image, (width, height)
+
+
+_heif_registered = False
+
+
+def _register_heif() -> None:
+    """Teach Pillow to open HEIF (pillow-heif), the first time one is uploaded: nothing is
+    imported or registered at import time. Registering twice (two threads) is harmless."""
+    global _heif_registered
+    if not _heif_registered:
+        import pillow_heif
+
+        # Depth maps and auxiliary images (an iPhone's portrait matte) are never read here.
+        pillow_heif.register_heif_opener(depth_images=False, aux_images=False)
+        _heif_registered = True
 
 
 def _shrink(image: Image.Image) -> Image.Image:
@@ -249,8 +354,8 @@ def frame_like_mnist(grey: np.ndarray) -> np.ndarray:
 
 def prepare_image(data: bytes, max_pixels: int) -> PreparedImage:
     """The whole path from upload bytes to the model's input; raises our 4xx errors."""
-    image = open_image(data, max_pixels)
-    source_format, source_size = str(image.format), image.size
+    image, source_size = _decode(data, max_pixels, draft_side=DRAFT_SIDE)
+    source_format = str(image.format)
     image = ImageOps.exif_transpose(image) or image
     grey, alpha = _luminance_and_alpha(image)
     if alpha is not None:

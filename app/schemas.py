@@ -146,7 +146,8 @@ PREDICT_FORM = _form(
             **_FILE,
             "title": "Image",
             "description": (
-                "the digit: PNG, JPEG, WebP, BMP or GIF; a photo of ink on paper is fine"
+                "the digit: PNG, JPEG, WebP, BMP, GIF, HEIC/HEIF or AVIF; a photo of ink on paper "
+                "is fine"
             ),
         },
         "number": {**_NUMBER, "title": "Number", "description": "the number to add, 0..9"},
@@ -180,7 +181,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "Not an image, truncated, undecodable, too many pixels, or a malformed form body",
         408: "The body arrived too slowly",
         413: "Body over the upload limit",
-        415: "An image format outside PNG, JPEG, WebP, BMP, GIF",
+        415: "An image format outside PNG, JPEG, WebP, BMP, GIF, HEIC/HEIF, AVIF",
         422: "A missing, non-integer or out-of-range field (named in `field`)",
         500: "Unexpected failure; the request id finds the traceback in the log",
         503: "Loading, draining or at capacity; see Retry-After",

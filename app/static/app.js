@@ -214,7 +214,7 @@
       case "invalid_image":
         return "That file is not an image the service can read. It may be another kind of file, or a damaged image.";
       case "unsupported_format":
-        return "That kind of image is not accepted. Use a PNG, JPEG, WebP, BMP or GIF file.";
+        return "That kind of image is not accepted. Use a PNG, JPEG, WebP, BMP, GIF, HEIC or AVIF file.";
       case "validation_error":
         if (error.field === "number") return "Pick a number from 0 to 9.";
         if (error.field === "image") return "Draw a digit or choose an image first.";

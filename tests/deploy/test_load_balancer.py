@@ -364,7 +364,7 @@ def _multipart_of_size(total: int) -> tuple[bytes, str]:
 def test_body_limit_matches_the_app(topology: tuple[str, Replica, Replica, Path]) -> None:
     """nginx passes a body of exactly the app's limit on to the app, and refuses one byte more."""
     url = topology[0]
-    limit = 5 * 1024 * 1024  # DIGITSUM_MAX_UPLOAD_BYTES' default; nginx: client_max_body_size 5m
+    limit = 20 * 1024 * 1024  # DIGITSUM_MAX_UPLOAD_BYTES' default; nginx: client_max_body_size 20m
     with httpx.Client(base_url=url, timeout=30.0) as client:
         body, content_type = _multipart_of_size(limit)
         at_limit = client.post("/predict", content=body, headers={"Content-Type": content_type})
@@ -379,7 +379,7 @@ def test_body_limit_matches_the_app(topology: tuple[str, Replica, Replica, Path]
     error = over.json()["error"]
     assert error["code"] == "payload_too_large"
     assert error["request_id"] == over.headers["X-Request-ID"]
-    assert "5242880 bytes" in error["message"]
+    assert "20971520 bytes" in error["message"]
 
 
 @pytest.mark.slow

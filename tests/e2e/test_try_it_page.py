@@ -175,8 +175,8 @@ def test_file_that_is_not_an_image_shows_plain_error(page: Page, artifacts_dir: 
 
 def test_file_over_the_upload_limit_says_too_big(page: Page) -> None:
     page.goto("/")
-    # Just over the service's default DIGITSUM_MAX_UPLOAD_BYTES (5 MiB).
-    oversized = b"\x89PNG\r\n\x1a\n" + bytes(5 * 1024 * 1024)
+    # Just over the service's default DIGITSUM_MAX_UPLOAD_BYTES (20 MiB).
+    oversized = b"\x89PNG\r\n\x1a\n" + bytes(20 * 1024 * 1024)
     huge: FilePayload = {"name": "huge.png", "mimeType": "image/png", "buffer": oversized}
     page.set_input_files("#file", files=[huge])
     page.locator("#submit").click()
