@@ -27,12 +27,12 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from app import imaging
+from app.config import DEFAULT_MAX_IMAGE_PIXELS as MAX_PIXELS
 from bench.payload import CONTENT_TYPE, Digit, load_digit, single_body
 from bench.servers import RunningServer, check_prediction, free_port, post, server_spec
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTO_SIZE = (4032, 3024)  # a 12 MP phone photo, landscape
-MAX_PIXELS = 25_000_000  # the service's default DIGITSUM_MAX_IMAGE_PIXELS
 
 
 def phone_photo(digit: Digit, seed: int = 0) -> Image.Image:

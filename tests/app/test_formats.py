@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from app import imaging
+from app.config import DEFAULT_MAX_IMAGE_PIXELS
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 from tests.imagegen import encode, paper_photo
 from training.data import Split
@@ -72,45 +73,47 @@ def test_phone_formats_give_the_digit(client: TestClient, mnist_test: Split, fmt
 @pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
 def test_oversized_phone_format_header_is_refused_before_decoding(fmt: str) -> None:
     small = encode(Image.new("RGB", (64, 64), "white"), fmt)
-    assert imaging.prepare_image(small, 25_000_000).source_size == (64, 64)
+    assert imaging.prepare_image(small, DEFAULT_MAX_IMAGE_PIXELS).source_size == (64, 64)
     # The coded image claims 8000x8000 pixels while the data holds 64x64: decoding it would
     # fail (InvalidImage), so ImageTooLarge shows that the header was refused first.
     with pytest.raises(ImageTooLarge, match="8000x8000"):
-        imaging.prepare_image(_claiming(small, 8000, 8000), 25_000_000)
+        imaging.prepare_image(_claiming(small, 8000, 8000), DEFAULT_MAX_IMAGE_PIXELS)
 
 
 def test_heif_cropped_from_a_huge_coded_image_is_refused() -> None:
     """HEIF's size is the image after its crop (clap); what decoding costs is the coded image,
     which the item properties declare: a small crop of a huge image is refused."""
     cropped = encode(Image.new("RGB", (64, 48), "white"), "HEIF")  # coded 64x64, cropped
-    assert imaging.open_image(cropped, 25_000_000).size == (64, 48)
+    assert imaging.open_image(cropped, DEFAULT_MAX_IMAGE_PIXELS).size == (64, 48)
     with pytest.raises(ImageTooLarge):
-        imaging.prepare_image(_claiming(cropped, 6000, 6000), 25_000_000)
+        imaging.prepare_image(_claiming(cropped, 6000, 6000), DEFAULT_MAX_IMAGE_PIXELS)
 
 
 @pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
 def test_truncated_phone_format_is_invalid(fmt: str) -> None:
     data = encode(Image.new("RGB", (64, 64), "white"), fmt)
     with pytest.raises(InvalidImage):
-        imaging.prepare_image(data[: len(data) // 2], 25_000_000)
+        imaging.prepare_image(data[: len(data) // 2], DEFAULT_MAX_IMAGE_PIXELS)
 
 
 def test_twelve_megapixel_jpeg_is_decoded_at_reduced_scale() -> None:
     photo = Image.new("RGB", (4032, 3024), (225, 220, 210))
     ImageDraw.Draw(photo).rectangle((1900, 1000, 2100, 2000), fill=(30, 30, 40))  # a "1"
     data = encode(photo, "JPEG", quality=90)
-    image, source_size = imaging._decode(data, 25_000_000, draft_side=imaging.DRAFT_SIDE)
+    image, source_size = imaging._decode(
+        data, DEFAULT_MAX_IMAGE_PIXELS, draft_side=imaging.DRAFT_SIDE
+    )
     # A quarter of each side: the smallest DCT scale whose longer side is >= DRAFT_SIDE.
     assert source_size == (4032, 3024)
     assert image.size == (1008, 756)
-    prepared = imaging.prepare_image(data, 25_000_000)
+    prepared = imaging.prepare_image(data, DEFAULT_MAX_IMAGE_PIXELS)
     assert prepared.source_size == (4032, 3024)
     assert prepared.pixels.max() > 0.5
 
 
 def test_small_jpeg_is_decoded_whole() -> None:
     data = encode(Image.new("RGB", (700, 500), "white"), "JPEG")
-    image, _ = imaging._decode(data, 25_000_000, draft_side=imaging.DRAFT_SIDE)
+    image, _ = imaging._decode(data, DEFAULT_MAX_IMAGE_PIXELS, draft_side=imaging.DRAFT_SIDE)
     assert image.size == (700, 500)
 
 
