@@ -1,24 +1,31 @@
-"""The form body of /predict and /predict/batch, read into memory and split into its parts.
+"""The form body of /predict and /predict/batch, parsed by python-multipart into named parts.
 
-Starlette's request.form() would spool every file through a SpooledTemporaryFile and FastAPI
-would validate each field through pydantic: together more per request than decoding the image
-and running the model on it (bench/). The body is bounded by RequestContextMiddleware (size,
-stall and rate limits) before it gets here.
+python-multipart (the parser Starlette and FastAPI use) is called directly, with callbacks that
+keep each part's bytes in memory: Starlette's request.form() would spool every file through a
+SpooledTemporaryFile, written in a thread. The body is bounded by RequestContextMiddleware (size,
+stall and rate limits) before it gets here; the parser's own limits bound each part's headers.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import asyncio
+import functools
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
 
-from python_multipart.multipart import parse_options_header
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from app.errors import ServiceError
 
 # Starlette's defaults are 1,000 files and 1,000 fields; we need at most two parts per image.
 MAX_PARTS = 1000
+# python-multipart's own defaults, stated: headers per part, and bytes in one header line.
+MAX_PART_HEADERS = 8
+MAX_HEADER_BYTES = 4096 + 128
+# A body larger than this is parsed in slices of this size, with a turn of the event loop
+# between them (read_form).
+SLICE_BYTES = 16 * 1024
 
 
 class MalformedForm(ServiceError):
@@ -110,102 +117,137 @@ def parse_number(value: bytes, field: str) -> int:
 
 
 async def read_form(request: Request) -> Form:
-    """Read and parse the body; 422 when it is not a form, 400 when it is a malformed one.
+    """Read and parse the body: 422 when it is not multipart/form-data, 400 when it is a
+    malformed one.
 
-    A URL-encoded form is read too (it cannot carry a file, so the answer names the missing
-    image rather than the encoding, as FastAPI's Form() parameters would)."""
+    Any other content type is answered from the header alone, its body neither read nor
+    decoded: a URL-encoded form, say, cannot carry the image file."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
-    if content_type == b"application/x-www-form-urlencoded":
-        fields = parse_qsl((await request.body()).decode("latin-1"), keep_blank_values=True)
-        if len(fields) > MAX_PARTS:
-            raise MalformedForm(f"more than {MAX_PARTS} fields in one form")
-        parts: dict[str, list[bytes]] = defaultdict(list)
-        for name, value in fields:
-            parts[name].append(value.encode("latin-1"))
-        return Form(dict(parts))
     if content_type != b"multipart/form-data":
+        shown = content_type[:60].decode("ascii", "replace") or "no content type"
         raise FormFieldError(
-            "send multipart/form-data (curl -F image=@digit.png -F number=5), "
-            f"not {content_type.decode('latin-1') or 'no content type'}",
-            None,
+            f"send multipart/form-data (curl -F image=@digit.png -F number=5), not {shown}", None
         )
     boundary = params.get(b"boundary")
     if not boundary:
         raise MalformedForm("multipart/form-data without a boundary parameter")
-    return parse_form(await request.body(), boundary)
+    body = await request.body()
+    if len(body) <= SLICE_BYTES:
+        return parse_form(body, boundary)
+    # python-multipart reads some bytes one at a time in Python (spaces before a header value,
+    # near-misses of the boundary): a body built of them takes seconds to parse. Fed in slices,
+    # it holds the event loop, and so every other request of this worker, for one slice at a
+    # time, never for the whole body.
+    reader = FormReader(body, boundary)
+    for at in range(0, len(body), SLICE_BYTES):
+        reader.write(body[at : at + SLICE_BYTES])
+        await asyncio.sleep(0)
+    return reader.form()
 
 
 def parse_form(body: bytes, boundary: bytes) -> Form:
-    """Split a multipart/form-data body (RFC 7578, RFC 2046 section 5.1.1) into named parts.
-
-    Byte searches in C (bytes.split, partition) rather than python-multipart's per-byte state
-    machine, which took a fifth of the event loop per prediction under load (py-spy);
-    python-multipart stays the reference: tests/app/test_forms.py checks both agree. Clients
-    send the same few part headers again and again, so a part whose headers were read before
-    costs one dictionary lookup.
-    """
-    delimiter = b"--" + boundary
-    start = body.find(delimiter)
-    if start < 0 or (start > 0 and body[start - 2 : start] != b"\r\n"):
-        raise MalformedForm("the multipart boundary does not occur in the body")
-    # Every part follows CRLF + delimiter; the close delimiter is followed by "--" instead.
-    chunks = body[start + len(delimiter) :].split(b"\r\n" + delimiter)
-    if len(chunks) > MAX_PARTS + 1:
-        raise MalformedForm(f"more than {MAX_PARTS} parts in one form")
-    parts: dict[str, list[bytes]] = defaultdict(list)
-    files: set[str] = set()  # fields with a part sent as a file
-    texts: set[str] = set()  # ... and with a part sent as text
-    for chunk in chunks:
-        # A part is the rest of the delimiter's line (padding), CRLF, headers, CRLF CRLF, data.
-        head, blank_line, data = chunk.partition(b"\r\n\r\n")
-        known = _KNOWN_HEADS.get(head) if blank_line else None
-        if known is None:
-            if chunk.startswith(b"--"):  # the close delimiter; what follows is an epilogue
-                return Form(dict(parts), frozenset(files - texts))
-            head, data = _split_part(chunk)
-            known = _read_head(head)
-        name, is_file = known
-        parts[name].append(data)  # the part's one copy
-        (files if is_file else texts).add(name)
-    raise MalformedForm("the multipart body ends before its closing boundary")
+    """A whole multipart/form-data body (RFC 7578), parsed by python-multipart in one call."""
+    reader = FormReader(body, boundary)
+    reader.write(body)
+    return reader.form()
 
 
-def _split_part(chunk: bytes) -> tuple[bytes, bytes]:
-    """A part's raw head (padding line and headers) and its data, or MalformedForm."""
-    line_end = chunk.find(b"\r\n")  # the rest of the delimiter's line: padding only
-    if line_end < 0 or chunk[:line_end].strip(b" \t"):
-        raise MalformedForm("malformed multipart body: text after a boundary")
-    if chunk.startswith(b"\r\n", line_end + 2):  # a part without headers
-        return chunk[: line_end + 2], chunk[line_end + 4 :]
-    head_end = chunk.find(b"\r\n\r\n", line_end + 2)
-    if head_end < 0:
-        raise MalformedForm("malformed multipart body: a part's headers do not end")
-    return chunk[:head_end], chunk[head_end + 4 :]
+class FormReader:
+    """python-multipart's MultipartParser, with callbacks that keep the parts in memory by field
+    name; feed it `body` with write(), in one piece or several, then take form().
+
+    A body with more delimiters (CRLF, "--", the boundary) than MAX_PARTS is refused before any
+    parsing, by one count in C: it has too many parts, or near-misses of the boundary in its
+    data, which python-multipart steps through a byte at a time."""
+
+    def __init__(self, body: bytes, boundary: bytes) -> None:
+        if body.count(b"\r\n--" + boundary) > MAX_PARTS:
+            raise MalformedForm(f"more than {MAX_PARTS} parts in one form")
+        self.parts: dict[str, list[bytes]] = {}
+        self._files: set[str] = set()  # fields with a part sent as a file
+        self._texts: set[str] = set()  # ... and with a part sent as text
+        self._count = 0
+        self._ended = False
+        self._name = ""
+        self._data: list[bytes] = []
+        self._header_field = b""
+        self._header_value = b""
+        self._disposition: bytes | None = None
+        try:
+            self._parser = MultipartParser(
+                boundary,
+                {
+                    "on_part_begin": self._part_begin,
+                    "on_header_field": self._header_field_data,
+                    "on_header_value": self._header_value_data,
+                    "on_header_end": self._header_end,
+                    "on_headers_finished": self._headers_finished,
+                    "on_part_data": self._part_data,
+                    "on_part_end": self._part_end,
+                    "on_end": self._end,
+                },
+                max_header_count=MAX_PART_HEADERS,
+                max_header_size=MAX_HEADER_BYTES,
+            )
+        except FormParserError as exc:  # a boundary over python-multipart's 256 bytes
+            raise MalformedForm(f"malformed multipart body: {exc}") from exc
+
+    def write(self, data: bytes) -> None:
+        """Parse the next piece of the body; MalformedForm when python-multipart refuses it."""
+        try:
+            self._parser.write(data)
+        except FormParserError as exc:
+            raise MalformedForm(f"malformed multipart body: {exc}") from exc
+
+    def form(self) -> Form:
+        """The parts read, once the whole body has been written."""
+        if not self._ended:
+            raise MalformedForm("the multipart body ends before its closing boundary")
+        return Form(self.parts, frozenset(self._files - self._texts))
+
+    def _part_begin(self) -> None:
+        self._count += 1
+        if self._count > MAX_PARTS:
+            raise MalformedForm(f"more than {MAX_PARTS} parts in one form")
+        self._data = []
+        self._disposition = None
+
+    def _header_field_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        if self._header_field.lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_field = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        self._name, is_file = _disposition(self._disposition)
+        (self._files if is_file else self._texts).add(self._name)
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        self._data.append(data[start:end])
+
+    def _part_end(self) -> None:
+        data = self._data[0] if len(self._data) == 1 else b"".join(self._data)
+        self.parts.setdefault(self._name, []).append(data)
+
+    def _end(self) -> None:
+        self._ended = True
 
 
-# Raw heads already read (the padding line and headers of a part, as bytes) -> (field name,
-# sent as a file). Bounded in both the size of a key and the number of keys: heads that no
-# client sends twice (random names, long headers) are read every time instead of kept.
-_KNOWN_HEADS: dict[bytes, tuple[str, bool]] = {}
-_MAX_KNOWN_HEADS = 1024
-_MAX_KNOWN_HEAD_BYTES = 512
-
-
-def _read_head(head: bytes) -> tuple[str, bool]:
-    """The field name of a part, and whether it was sent as a file (its Content-Disposition has
-    a filename); remembered for the next part with the same head."""
-    known = _read_part_name(head.partition(b"\r\n")[2])
-    if len(head) <= _MAX_KNOWN_HEAD_BYTES and len(_KNOWN_HEADS) < _MAX_KNOWN_HEADS:
-        _KNOWN_HEADS[head] = known
-    return known
-
-
-def _read_part_name(headers: bytes) -> tuple[str, bool]:
-    for line in headers.split(b"\r\n"):
-        field, colon, value = line.partition(b":")
-        if colon and field.strip().lower() == b"content-disposition":
-            kind, options = parse_options_header(value.strip())  # python-multipart's
-            name = options.get(b"name") if kind == b"form-data" else None
-            if name is not None:
-                return name.decode("utf-8", "replace"), b"filename" in options
-    raise MalformedForm("a form part without a Content-Disposition name")
+# Clients send the same few Content-Disposition values again and again, and reading one with
+# python-multipart's parse_options_header costs as much as the rest of a small form. A value is
+# at most MAX_HEADER_BYTES (the parser refuses longer lines), so the cache holds at most a few MB.
+@functools.lru_cache(maxsize=256)
+def _disposition(value: bytes | None) -> tuple[str, bool]:
+    """A part's field name, and whether it was sent as a file, read from its Content-Disposition
+    as Starlette reads them: the name whatever the type (form-data, attachment); a filename makes
+    the part a file."""
+    options = parse_options_header(value)[1]
+    name = options.get(b"name")
+    if name is None:
+        raise MalformedForm("a form part without a Content-Disposition name")
+    return name.decode("utf-8", "replace"), b"filename" in options

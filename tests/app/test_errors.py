@@ -142,8 +142,13 @@ def test_missing_number_is_422(client: TestClient, good_png: bytes) -> None:
     _assert_error(response, 422, "validation_error", "number")
 
 
-def test_missing_image_is_422(client: TestClient) -> None:
-    _assert_error(client.post("/predict", data={"number": "1"}), 422, "validation_error", "image")
+def test_missing_image_is_422(client: TestClient, good_png: bytes) -> None:
+    response = client.post(
+        "/predict",
+        data={"number": "1"},
+        files={"unrelated": ("x.png", good_png, "image/png")},  # makes httpx send multipart
+    )
+    _assert_error(response, 422, "validation_error", "image")
 
 
 def test_json_instead_of_multipart_is_422(client: TestClient) -> None:

@@ -90,6 +90,12 @@ class LiveServer:
                 return int(line.split()[1]) * 1024
         raise RuntimeError(f"no VmRSS for pid {self.pid}")
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (user + system, all threads), from /proc:
+        unlike wall time, it does not grow while other processes on the machine have the CPU."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def alive(self) -> bool:
         return self.process.poll() is None
 
