@@ -73,3 +73,52 @@ requirements.lock: pyproject.toml $(STAMP)
 lint-security: $(STAMP)
 	$(PY) scripts/lock_requirements.py --check requirements.lock
 	$(PY) scripts/audit_requirements.py requirements.lock $(SECURITY_CRITICAL:%=--require %)
+
+# The GPU check (scripts/gpu_check.sh, docs/gpu-check.md). `make gpu-carry` builds what travels
+# to the GPU machine into ignored folders: .whl (the wheels it lacks, for its Python 3.12;
+# scripts/gpu_wheels.txt lists them), .mnist (MNIST's files, from DATA_DIR or ../shared/data) and
+# .wrk (wrk unpacked from Debian's package). `make gpu-rehearsal` runs the check here as that
+# machine would (a venv holding only what it holds, the tree copied, no CUDA).
+# `make gpu-wheels-list` rewrites the two lists from this venv's versions.
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 \
+	manylinux2014_x86_64 manylinux1_x86_64
+MNIST_FROM ?= $(firstword $(wildcard $(DATA_DIR)/MNIST/raw ../shared/data/MNIST/raw) \
+	$(DATA_DIR)/MNIST/raw)
+CARRY_LIMIT_MIB := 56
+.PHONY: gpu-wheels-list gpu-carry gpu-rehearsal
+
+gpu-wheels-list: $(STAMP)
+	$(PY) scripts/gpu_wheels.py > scripts/gpu_wheels.txt
+	$(PY) scripts/gpu_wheels.py --device > scripts/gpu_device.txt
+
+.whl/.complete: scripts/gpu_wheels.txt
+	rm -rf .whl && mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(GPU_PLATFORMS:%=--platform %) -d .whl -r scripts/gpu_wheels.txt
+	touch $@
+
+.mnist/.complete:
+	@test -f $(MNIST_FROM)/train-images-idx3-ubyte.gz || \
+		{ echo "MNIST's files are not in $(MNIST_FROM): set DATA_DIR"; exit 1; }
+	rm -rf .mnist && mkdir -p .mnist/MNIST/raw
+	cp $(MNIST_FROM)/*-ubyte.gz .mnist/MNIST/raw/
+	touch $@
+
+.wrk/.complete:
+	rm -rf .wrk && mkdir -p .wrk
+	cd .wrk && { apt-get download wrk libluajit-5.1-2 2>/dev/null || \
+		{ apt-get update -qq && apt-get download wrk libluajit-5.1-2; }; } && \
+		for f in *.deb; do dpkg -x "$$f" root; done && rm -f ./*.deb
+	touch $@
+
+# The tree (tracked files) and the three folders must fit the 64 MiB a device call carries.
+gpu-carry: .whl/.complete .mnist/.complete .wrk/.complete
+	@carried=$$(du -sk .whl .mnist .wrk | awk '{s += $$1} END {print int(s / 1024)}'); \
+	tree=$$(git ls-files -z | xargs -0 du -ck 2>/dev/null | tail -1 | awk '{print int($$1 / 1024)}'); \
+	echo "gpu-carry: .whl $$(du -sh .whl | cut -f1), .mnist $$(du -sh .mnist | cut -f1)," \
+		".wrk $$(du -sh .wrk | cut -f1); with the tree ~$$((carried + tree)) MiB of 64"; \
+	test $$((carried + tree)) -le $(CARRY_LIMIT_MIB) || \
+		{ echo "gpu-carry: over $(CARRY_LIMIT_MIB) MiB"; exit 1; }
+
+gpu-rehearsal: gpu-carry
+	bash scripts/gpu_rehearsal.sh
