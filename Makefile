@@ -104,11 +104,15 @@ gpu-wheels-list: $(STAMP)
 	cp $(MNIST_FROM)/*-ubyte.gz .mnist/MNIST/raw/
 	touch $@
 
+# wrk with the libraries it links that a minimal image may lack (LuaJIT, OpenSSL 3); only wrk
+# is pointed at them (scripts/gpu_check.sh writes a wrapper), nothing else on the machine.
+WRK_DEBS := wrk libluajit-5.1-2 libssl3
 .wrk/.complete:
 	rm -rf .wrk && mkdir -p .wrk
-	cd .wrk && { apt-get download wrk libluajit-5.1-2 2>/dev/null || \
-		{ apt-get update -qq && apt-get download wrk libluajit-5.1-2; }; } && \
+	cd .wrk && { apt-get download $(WRK_DEBS) 2>/dev/null || \
+		{ apt-get update -qq && apt-get download $(WRK_DEBS); }; } && \
 		for f in *.deb; do dpkg -x "$$f" root; done && rm -f ./*.deb
+	cd .wrk/root/usr && rm -rf share lib/x86_64-linux-gnu/engines-3 lib/x86_64-linux-gnu/ossl-modules
 	touch $@
 
 # The tree (tracked files) and the three folders must fit the 64 MiB a device call carries.

@@ -447,10 +447,13 @@ def stages(ctx: Context) -> list[Stage]:
                 "-s",
                 "-p",
                 "no:cacheprovider",
+                "-p",
+                "pytest_timeout",  # pyproject's `timeout`; the machine's own plugins stay off
                 "tests/app/test_gpu.py",
                 "tests/app/test_devices.py",
             ],
             120,
+            env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
             figures=pytest_figures,
         ),
         Stage(

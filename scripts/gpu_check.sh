@@ -35,9 +35,13 @@ check() {
   else
     echo "setup: no .whl folder: the packages installed here are used"
   fi
-  if [ -d .wrk/root ]; then
-    export PATH="$PWD/.wrk/root/usr/bin:$PATH"
-    export LD_LIBRARY_PATH="$PWD/.wrk/root/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+  if [ -x .wrk/root/usr/bin/wrk ]; then
+    # Only wrk loads the carried LuaJIT and OpenSSL: a wrapper sets its library path.
+    mkdir -p "$WORK/bin"
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' \
+      "$PWD/.wrk/root/usr/lib/x86_64-linux-gnu" "$PWD/.wrk/root/usr/bin/wrk" >"$WORK/bin/wrk"
+    chmod +x "$WORK/bin/wrk"
+    export PATH="$WORK/bin:$PATH"
   fi
   local data=${DATA_DIR:-}
   if [ -z "$data" ]; then
