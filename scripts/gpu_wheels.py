@@ -14,7 +14,9 @@ DEVICE_ROOTS and everything they require, which the device image holds (its vers
 ours): torch and torchvision with the CUDA libraries, and the large binary packages numpy,
 pillow, matplotlib and uvloop (together about 45 MB as wheels). The rehearsal
 (scripts/gpu_rehearsal.sh) installs the stand-in list (`--device`) into its venv in their place.
-typing-extensions is carried although torch requires it: pydantic needs a recent one.
+typing-extensions is carried although torch requires it: pydantic needs a recent one. Not
+carried either (NOT_CARRIED): what the service imports only on first use and the check never
+uses, to keep within the 64 MiB.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from lock_requirements import _wanted  # the lock's marker rules, one copy
 CHECK_ROOTS = ("digitsum", "tqdm", "matplotlib", "pytest", "pytest-timeout", "httpx")
 DEVICE_ROOTS = ("torch", "torchvision", "numpy", "pillow", "matplotlib", "uvloop")
 ALWAYS_CARRIED = frozenset({"typing-extensions"})
+NOT_CARRIED = frozenset(
+    {
+        "pillow-heif",  # HEIC uploads (app.imaging imports it on the first one): 5.7 MB
+    }
+)
 
 
 def closure(roots: tuple[str, ...]) -> dict[str, str]:
@@ -64,7 +71,7 @@ def carried() -> dict[str, str]:
     return {
         name: version
         for name, version in needed.items()
-        if name not in on_device and name != "digitsum"
+        if name not in on_device | NOT_CARRIED and name != "digitsum"
     }
 
 
