@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -167,13 +168,8 @@ def _with_strict_csp(route: Route) -> None:
     )
 
 
-@pytest.fixture
-def page(browser: Browser, service_url: str) -> Iterator[Page]:
-    """A fresh desktop-sized tab on the service, under a strict CSP.
-
-    Fails the test at teardown if the page threw, or logged an error other than the browser's
-    own note on an HTTP error status (which the error-path tests provoke on purpose).
-    """
+@contextmanager
+def _strict_page(browser: Browser, service_url: str) -> Iterator[Page]:
     context = browser.new_context(base_url=service_url, viewport={"width": 1100, "height": 820})
     context.route(f"{service_url}/", _with_strict_csp)
     tab = context.new_page()
@@ -190,3 +186,21 @@ def page(browser: Browser, service_url: str) -> Iterator[Page]:
     finally:
         context.close()
     assert problems == [], "the page reported errors:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def page(browser: Browser, service_url: str) -> Iterator[Page]:
+    """A fresh desktop-sized tab on the service, under a strict CSP.
+
+    Fails the test at teardown if the page threw, or logged an error other than the browser's
+    own note on an HTTP error status (which the error-path tests provoke on purpose).
+    """
+    with _strict_page(browser, service_url) as tab:
+        yield tab
+
+
+@pytest.fixture(scope="module")
+def module_page(browser: Browser, service_url: str) -> Iterator[Page]:
+    """Like `page`, but one tab for a whole module: for long sessions that several tests read."""
+    with _strict_page(browser, service_url) as tab:
+        yield tab
