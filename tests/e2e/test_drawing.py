@@ -100,28 +100,35 @@ def answers(module_page: Page, artifacts_dir: Path) -> list[Answer]:
     numbers = random.Random(7)
     shot_taken = False
     read: list[Answer] = []
-    for drawing in DRAWINGS:
-        page.locator("#clear").click()
-        draw(page, drawing.strokes, drawing.step)
-        number = numbers.randrange(10)
-        pick_number(page, number)
-        shown = ask(page)
-        read.append(
-            Answer(
-                drawing=drawing,
-                number=number,
-                digit=shown.get("digit"),
-                sum=shown.get("sum"),
-                error=shown.get("error"),
+    # One line per answer as it comes, so that a run cut short still says what it read.
+    with (artifacts_dir / "drawing-answers.txt").open("w") as log:
+        for drawing in DRAWINGS:
+            page.locator("#clear").click()
+            draw(page, drawing.strokes, drawing.step)
+            number = numbers.randrange(10)
+            pick_number(page, number)
+            shown = ask(page)
+            read.append(
+                Answer(
+                    drawing=drawing,
+                    number=number,
+                    digit=shown.get("digit"),
+                    sum=shown.get("sum"),
+                    error=shown.get("error"),
+                )
             )
-        )
-        if (drawing.digit, drawing.style) == (7, "bar") and not shot_taken:
-            shot = artifacts_dir / "drawing-7-bar.png"
-            page.screenshot(path=shot, full_page=True)
-            shot_taken = True
-            if os.environ.get("DIGITSUM_UPDATE_SCREENSHOT") == "1":
-                DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-                shutil.copyfile(shot, DOCS_SCREENSHOT)
+            print(
+                ("ok   " if read[-1].correct else "MISS ") + read[-1].describe(),
+                file=log,
+                flush=True,
+            )
+            if (drawing.digit, drawing.style) == (7, "bar") and not shot_taken:
+                shot = artifacts_dir / "drawing-7-bar.png"
+                page.screenshot(path=shot, full_page=True)
+                shot_taken = True
+                if os.environ.get("DIGITSUM_UPDATE_SCREENSHOT") == "1":
+                    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+                    shutil.copyfile(shot, DOCS_SCREENSHOT)
     return read
 
 
