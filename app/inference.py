@@ -12,13 +12,17 @@ import contextlib
 import hashlib
 import json
 import logging
+import queue
+import threading
 import time
 import warnings
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -175,6 +179,50 @@ class Answer(NamedTuple):
     pixels: np.ndarray
 
 
+T = TypeVar("T")
+
+
+class ModelThread:
+    """The one thread that runs forward passes, fed through a queue.
+
+    A daemon thread, unlike a ThreadPoolExecutor's workers, which the interpreter joins at exit
+    and `shutdown(wait=True)` joins on the event loop: a forward pass that never returns must
+    not hold up the loop or the end of a stopping process.
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._serve, name="model", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._calls.put((fn, future))
+        return future
+
+    def stop(self) -> None:
+        """Let the thread end after the call it is running, if any; never waits for it."""
+        self._calls.put(None)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, future = call
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller stopped waiting before it started
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
 @dataclass
 class _Job:
     """One request's images, answered together through one future."""
@@ -216,7 +264,9 @@ class DynamicBatcher:
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # images in self._jobs
         self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._idle = asyncio.Event()  # set while nothing is queued and no batch is running
+        self._in_flight: list[_Job] = []
+        self._model_thread = ModelThread()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -225,17 +275,35 @@ class DynamicBatcher:
         return self._queued
 
     def start(self) -> None:
+        self._model_thread.start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
-    async def stop(self) -> None:
-        """Finish what is queued, then stop the loop and the model thread."""
-        while self._jobs:
-            await asyncio.sleep(0.005)
+    async def stop(self, deadline_s: float | None = None) -> None:
+        """Answer what is queued or running, for up to `deadline_s` (default: timeout_s, past
+        which no request waits anyway), then stop. What is still unanswered by then fails with
+        InferenceTimeout. Never blocks the event loop: a forward pass that hangs is left to the
+        model thread (a daemon), which ends once it returns."""
+        deadline_s = self.timeout_s if deadline_s is None else deadline_s
+        if self._task is not None:
+            try:
+                async with asyncio.timeout(deadline_s):
+                    await self._idle.wait()
+            except TimeoutError:
+                log.error(
+                    "batcher stopped with work unanswered",
+                    extra={"queued_images": self._queued, "deadline_s": deadline_s},
+                )
+        unanswered = [*self._in_flight, *self._jobs]  # read before the task's cancel clears it
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=True)
+        for job in unanswered:
+            if not job.future.done():
+                job.future.set_exception(_timed_out())
+        self._jobs.clear()
+        self._queued = 0
+        self._model_thread.stop()
 
     async def predict_many(
         self, images: list[Upload], numbers: list[int]
@@ -249,6 +317,7 @@ class DynamicBatcher:
         job = _Job(images, numbers, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._queued += len(images)
+        self._idle.clear()
         self._arrived.set()
         metrics.QUEUE_DEPTH.set(self._queued)
         try:
@@ -301,8 +370,9 @@ class DynamicBatcher:
         # older than timeout_s is failed when its batch forms, and a forward pass that outlasts
         # its oldest job's deadline fails its batch (the model thread finishes it unobserved;
         # later batches queue behind it and are timed out the same way).
-        loop = asyncio.get_running_loop()
         while True:
+            if not self._jobs:
+                self._idle.set()
             batch = await self._next_batch()
             started = time.perf_counter()
             live = []
@@ -315,9 +385,10 @@ class DynamicBatcher:
             if not live:
                 continue
             deadline = min(job.queued_at for job in live) + self.timeout_s
+            self._in_flight = live
             try:
                 results = await asyncio.wait_for(
-                    loop.run_in_executor(self._executor, self._forward, live),
+                    asyncio.wrap_future(self._model_thread.submit(partial(self._forward, live))),
                     deadline - time.perf_counter(),
                 )
             except Exception as exc:  # a model failure fails this batch's requests, not the loop
@@ -330,6 +401,8 @@ class DynamicBatcher:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 continue
+            finally:
+                self._in_flight = []
             for job, answers in zip(live, results, strict=True):
                 if not job.future.done():
                     job.future.set_result(answers)

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import TextIO
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -44,14 +45,32 @@ class JsonFormatter(logging.Formatter):
         return f"{self._stamp}.{int((created - second) * 1000):03d}+00:00"
 
 
+class StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to whatever sys.stderr is at the time of each record (as logging's last-resort
+    handler does), so a handler made once outlives a test runner's swapping of the stream."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+
 def configure_logging(level: str) -> None:
-    """JSON lines on stderr for our loggers and uvicorn's; uvicorn's access log stays off."""
-    handler = logging.StreamHandler(sys.stderr)
+    """JSON lines on stderr for our loggers and uvicorn's; uvicorn's access log stays off.
+
+    Called by create_app (app/main.py), so every way of serving the app logs alike: `python -m
+    app`, `uvicorn app.main:app`, `fastapi run` (each configures its own logging before it
+    imports the app; this then takes over). Idempotent: it replaces only a handler it installed
+    itself, and leaves any other on the root logger (a test runner's) in place.
+    """
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, StderrHandler)] + [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error"):
+    for name in ("uvicorn", "uvicorn.error", "fastapi", "fastapi_cli"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True

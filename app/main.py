@@ -27,6 +27,7 @@ from app.api.routes import health, metrics, model, page, predict
 from app.config import Settings, available_cpus, get_settings, torch_threads_for
 from app.errors import ModelLoadError, install_error_handlers
 from app.inference import DynamicBatcher, load_model, resolve_device, warm_up
+from app.logs import configure_logging
 from app.middleware import PredictFastPath, RequestContextMiddleware
 from app.shutdown import install_drain_handler
 from app.state import Phase, Runtime, ServiceState
@@ -98,7 +99,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         service.begin_drain()
         await batcher.stop()
-        pool.shutdown(wait=True)
+        # No request is left to need the decoding pool (uvicorn has finished them); its threads
+        # end on their own, and waiting for them here would hold the event loop.
+        pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
 
 
@@ -125,6 +128,7 @@ class DigitsumAPI(FastAPI):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app; nothing is loaded until the lifespan starts."""
     settings = settings or get_settings()
+    configure_logging(settings.log_level)
     cors = [
         Middleware(
             CORSMiddleware,

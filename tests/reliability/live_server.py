@@ -111,12 +111,20 @@ class LiveServer:
             raise
 
 
-def launch(log_path: Path, port: int | None = None, **settings: object) -> LiveServer:
-    """Start `python -m app` (not waiting for it); see `start` for the waiting version."""
+def uvicorn_command(port: int) -> list[str]:
+    """Plain `uvicorn app.main:app`, as people run FastAPI apps, instead of our launcher."""
+    return [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)]
+
+
+def launch(
+    log_path: Path, port: int | None = None, command: list[str] | None = None, **settings: object
+) -> LiveServer:
+    """Start `python -m app`, or `command` (not waiting for it); see `start` for the waiting
+    version."""
     port = port or free_port()
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "app"],
+        command or [sys.executable, "-m", "app"],
         cwd=REPO_ROOT,
         env=server_env(port, **settings),
         stdin=subprocess.DEVNULL,
@@ -145,9 +153,11 @@ def wait_ready(server: LiveServer, timeout_s: float = START_TIMEOUT_S) -> None:
     raise RuntimeError(f"server not ready after {timeout_s:.0f} s:\n{server.log_text()}")
 
 
-def start(log_path: Path, port: int | None = None, **settings: object) -> LiveServer:
+def start(
+    log_path: Path, port: int | None = None, command: list[str] | None = None, **settings: object
+) -> LiveServer:
     """Start the service with `settings` and wait until it is ready."""
-    server = launch(log_path, port, **settings)
+    server = launch(log_path, port, command, **settings)
     try:
         wait_ready(server)
     except BaseException:
