@@ -1,17 +1,21 @@
 """python -m app  (what `make serve` and the Docker image run)
 
 Starts uvicorn (uvloop + httptools) on app.main:app with the DIGITSUM_* settings, one process
-or DIGITSUM_WORKERS processes (one model each). A bad setting or model file stops it before the
-port is bound, with a message and exit status 2. On SIGTERM it drains (app/shutdown.py) and
-exits 0.
+or DIGITSUM_WORKERS processes (one model each; their metrics summed through a shared folder).
+A bad setting or model file stops it before the port is bound, with a message and exit status 2.
+On SIGTERM it drains (app/shutdown.py) and exits 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
@@ -21,6 +25,7 @@ from app.config import Settings
 from app.errors import ModelLoadError
 from app.inference import load_model, resolve_device
 from app.logs import configure_logging
+from app.metrics import MULTIPROC_DIR_ENV
 
 log = logging.getLogger("digitsum")
 
@@ -31,6 +36,27 @@ def _setting_errors(exc: ValidationError) -> str:
         name = "DIGITSUM_" + "_".join(str(p) for p in error["loc"]).upper()
         lines.append(f"  {name}: {error['msg']} (got {error.get('input')!r})")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def shared_metrics_dir() -> Iterator[Path]:
+    """The folder where the workers write their metrics, for /metrics to sum (app/metrics.py):
+    PROMETHEUS_MULTIPROC_DIR if the operator set it, emptied first (values of an earlier run
+    would be added in), else a fresh temporary folder, removed at the end."""
+    given = os.environ.get(MULTIPROC_DIR_ENV)
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="digitsum-metrics-") as made:
+        os.environ[MULTIPROC_DIR_ENV] = made  # the workers inherit it
+        try:
+            yield Path(made)
+        finally:
+            del os.environ[MULTIPROC_DIR_ENV]
 
 
 def main() -> int:
@@ -66,7 +92,8 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     if settings.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        with shared_metrics_dir():
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
         return 0
     server = uvicorn.Server(config)
     server.run()

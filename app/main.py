@@ -28,6 +28,7 @@ from app.config import Settings, available_cpus, get_settings, torch_threads_for
 from app.errors import ModelLoadError, install_error_handlers
 from app.inference import DynamicBatcher, load_model, resolve_device, warm_up
 from app.logs import configure_logging
+from app.metrics import mark_worker_gone
 from app.middleware import PredictFastPath, RequestContextMiddleware
 from app.shutdown import install_drain_handler
 from app.state import Phase, Runtime, ServiceState
@@ -102,6 +103,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # No request is left to need the decoding pool (uvicorn has finished them); its threads
         # end on their own, and waiting for them here would hold the event loop.
         pool.shutdown(wait=False, cancel_futures=True)
+        mark_worker_gone()  # its live gauges leave the sums (app/metrics.py)
         log.info("stopped")
 
 

@@ -1,10 +1,44 @@
-"""Prometheus metrics (prometheus-client), one registry per process, served at GET /metrics."""
+"""Prometheus metrics (prometheus-client), served at GET /metrics.
+
+One process: the values live in this process's REGISTRY. Several workers (`python -m app` with
+DIGITSUM_WORKERS > 1): prometheus-client's multiprocess mode. Each worker writes its values to
+files in PROMETHEUS_MULTIPROC_DIR (the launcher makes that directory, app/__main__.py), and a
+scrape, whichever worker answers it, reads all of them (`instance_registry`): counters and
+histograms summed over the workers, past and present; each gauge by the mode given below.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+def multiprocess_mode() -> bool:
+    """Whether values go to files shared by the workers (prometheus-client decides this from the
+    same variable, when it is imported)."""
+    return bool(os.environ.get(MULTIPROC_DIR_ENV))
+
+
+def instance_registry() -> CollectorRegistry:
+    """What a scrape reports: this process's registry, or, in multiprocess mode, every worker's
+    files merged (a fresh registry per scrape, as prometheus-client's documentation has it)."""
+    if not multiprocess_mode():
+        return REGISTRY
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    return merged
+
+
+def mark_worker_gone() -> None:
+    """On a worker's way out: its live gauges (queue depth, readiness) stop counting."""
+    if multiprocess_mode():
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -47,7 +81,13 @@ BATCH_SIZE = Histogram(
     buckets=_BATCH_BUCKETS,
     registry=REGISTRY,
 )
-QUEUE_DEPTH = Gauge("digitsum_queue_depth", "Images waiting for the model", registry=REGISTRY)
+# Each worker has its own queue: the instance's depth is their sum, over live workers only.
+QUEUE_DEPTH = Gauge(
+    "digitsum_queue_depth",
+    "Images waiting for the model",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 PREDICTIONS = Counter(
     "digitsum_predictions_total",
     "Predictions made, by predicted digit",
@@ -55,6 +95,11 @@ PREDICTIONS = Counter(
     registry=REGISTRY,
 )
 ERRORS = Counter("digitsum_errors_total", "Error answers, by code", ["code"], registry=REGISTRY)
+# The instance is ready when every live worker is: the least of them, so a worker that is still
+# loading (or restarting, or draining) shows as 0 rather than being hidden by the others.
 READY = Gauge(
-    "digitsum_ready", "1 when the model is loaded, warm and not draining", registry=REGISTRY
+    "digitsum_ready",
+    "1 when the model is loaded, warm and not draining (in every worker)",
+    registry=REGISTRY,
+    multiprocess_mode="livemin",
 )

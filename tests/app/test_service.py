@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from tests.conftest import MODEL_PATH
 from tests.imagegen import mnist_png
+from tests.scrape import value as scrape_value
 from training.data import Split
 
 
@@ -36,29 +37,56 @@ def test_model_card_names_the_file_and_device(client: TestClient) -> None:
 def test_metrics_count_requests_predictions_and_errors(
     client: TestClient, mnist_test: Split
 ) -> None:
-    client.post(
+    label = str(int(mnist_test.labels[0]))
+    watched = {
+        "ok": ("digitsum_requests_total", {"method": "POST", "route": "/predict", "status": "200"}),
+        "bad": (
+            "digitsum_requests_total",
+            {"method": "POST", "route": "/predict", "status": "400"},
+        ),
+        "ok_timed": (
+            "digitsum_request_duration_seconds_count",
+            {"method": "POST", "route": "/predict", "status": "200"},
+        ),
+        "predicted": ("digitsum_predictions_total", {"digit": label}),
+        "invalid": ("digitsum_errors_total", {"code": "invalid_image"}),
+        "passes": ("digitsum_inference_seconds_count", {}),
+        "batch_sizes": ("digitsum_batch_size_count", {}),
+        "queue_waits": ("digitsum_queue_wait_seconds_count", {}),
+    }
+
+    def scrape() -> dict[str, float]:
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        return {key: scrape_value(response.text, *series) for key, series in watched.items()} | {
+            "ready": scrape_value(response.text, "digitsum_ready")
+        }
+
+    before = scrape()
+    good = client.post(
         "/predict",
         files={"image": ("x", mnist_png(mnist_test.images[0]), "image/png")},
         data={"number": "1"},
     )
-    client.post("/predict", files={"image": ("x", b"nope", "image/png")}, data={"number": "1"})
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    text = response.text
-    label = int(mnist_test.labels[0])
-    for needle in (
-        'digitsum_requests_total{method="POST",route="/predict",status="200"}',
-        "digitsum_request_duration_seconds_bucket{",
-        "digitsum_inference_seconds_count",
-        f'digitsum_predictions_total{{digit="{label}"}}',
-        'digitsum_errors_total{code="invalid_image"}',
-        "digitsum_queue_depth",
-        "digitsum_queue_wait_seconds_count",
-        "digitsum_batch_size_bucket",
-        "digitsum_ready 1.0",
-    ):
-        assert needle in text, needle
+    assert good.status_code == 200
+    assert good.json()["digit"] == int(label)
+    bad = client.post(
+        "/predict", files={"image": ("x", b"nope", "image/png")}, data={"number": "1"}
+    )
+    assert bad.status_code == 400
+    after = scrape()
+    assert {key: after[key] - before[key] for key in watched} == {
+        "ok": 1,
+        "bad": 1,
+        "ok_timed": 1,
+        "predicted": 1,
+        "invalid": 1,
+        "passes": 1,  # the bad upload never reached the model
+        "batch_sizes": 1,
+        "queue_waits": 1,
+    }
+    assert after["ready"] == 1
 
 
 def test_openapi_lists_every_endpoint_field_and_error(client: TestClient) -> None:

@@ -133,18 +133,43 @@ def test_hostile_request_id_and_path_cannot_forge_log_lines(
     assert "\x00" not in raw
 
 
-def test_hostile_file_name_reaches_no_file_path(
-    client: httpx.Client, digit: Digit, tmp_path: Path
+def test_hostile_file_name_is_never_echoed_logged_or_used_as_a_path(
+    server: live_server.LiveServer, client: httpx.Client, digit: Digit
 ) -> None:
-    target = Path("/tmp") / f"digitsum-pwned-{uuid.uuid4().hex}"
-    for name in (f"../../../..{target}", str(target), f"x;touch {target}", f"$(touch {target})"):
-        response = client.post(
-            "/predict",
-            files={"image": (name, digit.png, "image/png")},
-            data={"number": "2"},
-        )
-        assert response.status_code == 200, response.text
-        assert response.json()["digit"] == digit.label
+    """The service reads an upload's bytes and nothing else of its part: the file name reaches
+    no answer (success or error), no log line and no file path. Each name carries a marker that
+    would show if a future change echoed or logged it."""
+    marker = f"fn{uuid.uuid4().hex}"
+    target = Path("/tmp") / f"digitsum-pwned-{marker}"
+    names = [
+        f"../../../..{target}",
+        f"x;touch {target}",
+        f"$(touch {target})",
+        f'{marker}"; name="number',
+        f"{marker}\u001b[31m<script>.png",
+    ]
+    offset = len(server.log_text())
+    for name in names:
+        for image, number, status in (
+            (digit.png, "2", 200),
+            (b"nope", "2", 400),
+            (digit.png, "x", 422),
+        ):
+            response = client.post(
+                "/predict",
+                files={"image": (name, image, "image/png")},
+                data={"number": number},
+                headers={"X-Request-ID": "hostile-file-name"},
+            )
+            assert response.status_code == status, response.text
+            assert marker not in response.text
+            assert str(target) not in response.text
+            if status == 200:
+                assert response.json()["digit"] == digit.label
+    records = _records_since(server, offset)
+    assert sum(r.get("request_id") == "hostile-file-name" for r in records) >= 3 * len(names)
+    logged = server.log_text()[offset:]
+    assert marker not in logged
     assert not target.exists()
 
 

@@ -1,4 +1,5 @@
-"""GET /metrics: Prometheus text format from prometheus-client."""
+"""GET /metrics: Prometheus text format from prometheus-client, for the whole instance (every
+worker's values, app/metrics.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import ServiceDep
-from app.metrics import QUEUE_DEPTH, REGISTRY
+from app.metrics import QUEUE_DEPTH, instance_registry
 
 router = APIRouter(tags=["monitoring"])
 
@@ -20,4 +21,4 @@ router = APIRouter(tags=["monitoring"])
 async def prometheus_metrics(service: ServiceDep) -> Response:
     if service.runtime is not None:
         QUEUE_DEPTH.set(service.runtime.batcher.depth)
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(instance_registry()), media_type=CONTENT_TYPE_LATEST)
