@@ -67,7 +67,12 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level)
     try:  # fail fast, before binding the port, with a message rather than a traceback
-        load_model(settings.model_path, resolve_device(settings.device), settings.precision)
+        load_model(
+            settings.model_path,
+            resolve_device(settings.device),
+            settings.precision,
+            settings.no_digit_threshold,
+        )
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
         return 2

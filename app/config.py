@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         DEFAULT_MAX_IMAGE_PIXELS, ge=784, description="refused before decoding above"
     )
+    no_digit_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="answer 422 no_digit when the model's not-a-digit probability reaches this; "
+        "unset: the model card's threshold, chosen on validation data; 1: never",
+    )
     max_batch_images: int = Field(256, ge=1, le=4096, description="images per /predict/batch")
     batch_max_size: int = Field(
         256, ge=1, le=4096, description="images in the largest forward pass the batcher forms"

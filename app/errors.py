@@ -29,6 +29,9 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+        # More keys for the error object, e.g. the image the model saw (no_digit, when the
+        # caller asked for it with include_input).
+        self.details: dict[str, Any] = {}
 
 
 class InvalidImage(ServiceError):
@@ -48,6 +51,12 @@ class NoDigit(ServiceError):
     noise (seen by app.imaging), or a shape the model says is not a digit (app.inference)."""
 
     status, code = 422, "no_digit"
+
+
+NOT_A_DIGIT_MESSAGE = (
+    "I don't see a digit here: what is in the image does not look like a digit 0-9 "
+    "(a letter, a symbol or a scribble?). Send one handwritten digit."
+)
 
 
 class PayloadTooLarge(ServiceError):
@@ -96,12 +105,18 @@ INTERNAL_ERROR_MESSAGE = "internal error; quote the request id when reporting it
 
 
 def error_body(
-    code: str, message: str, request_id: str, field: str | None = None
+    code: str,
+    message: str,
+    request_id: str,
+    field: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The body of every error answer, a whole response's or one batch entry's, counted in
-    digitsum_errors_total by code: the one place either is done."""
+    digitsum_errors_total by code: the one place either is done. `details` adds keys to the
+    error object (no_digit's input_png)."""
     metrics.ERRORS.labels(code).inc()
-    return {"error": {"code": code, "message": message, "field": field, "request_id": request_id}}
+    error = {"code": code, "message": message, "field": field, "request_id": request_id}
+    return {"error": error | details if details else error}
 
 
 def error_json(
@@ -113,12 +128,13 @@ def error_json(
     field: str | None = None,
     retry_after: int | None = None,
     headers: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> JSONResponse:
     """An error answer (error_body) with its status and, for a 503, its Retry-After."""
     headers = dict(headers or {})
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
-    body = error_body(code, message, request_id, field)
+    body = error_body(code, message, request_id, field, details)
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
@@ -129,15 +145,24 @@ def error_response(
     message: str,
     field: str | None = None,
     retry_after: int | None = None,
+    details: dict[str, Any] | None = None,
 ) -> JSONResponse:
     return error_json(
-        status, code, message, request_id_of(request), field=field, retry_after=retry_after
+        status,
+        code,
+        message,
+        request_id_of(request),
+        field=field,
+        retry_after=retry_after,
+        details=details,
     )
 
 
 def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
     """The answer to one of our own errors, wherever it is raised."""
-    return error_response(request, exc.status, exc.code, exc.message, exc.field, exc.retry_after)
+    return error_response(
+        request, exc.status, exc.code, exc.message, exc.field, exc.retry_after, exc.details
+    )
 
 
 def _field_of(loc: tuple[int | str, ...]) -> str | None:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -38,13 +39,14 @@ CARD_EXTRA_FILE = "metadata.json"
 
 class Prediction(NamedTuple):
     """One answer of the network: both heads' argmax and softmax probability, to
-    CONFIDENCE_DECIMALS (a NamedTuple: made per image on the model thread, where a frozen
-    dataclass cost 4x as much)."""
+    CONFIDENCE_DECIMALS, and whether its not-a-digit head refuses the image (a NamedTuple: made
+    per image on the model thread, where a frozen dataclass cost 4x as much)."""
 
     digit: int
     digit_confidence: float
     sum: int
     sum_confidence: float
+    no_digit: bool = False
 
 
 @dataclass
@@ -56,6 +58,9 @@ class LoadedModel:
     sha256: str
     device: torch.device
     dtype: torch.dtype = torch.float32
+    # Refuse an image as no_digit when sigmoid(not_digit_logit) reaches this; None: never (a
+    # checkpoint without that head, or the setting turned off).
+    no_digit_threshold: float | None = None
 
     @property
     def version(self) -> str:
@@ -68,18 +73,39 @@ class LoadedModel:
             images = images.pin_memory().to(self.device, non_blocking=True)
             numbers = numbers.pin_memory().to(self.device, non_blocking=True)
         images = images.to(self.dtype)
-        digit_logits, sum_logits = self.module(images, numbers)
+        outputs = self.module(images, numbers)
+        digit_logits, sum_logits = outputs[0], outputs[1]
         # One copy to the host, then NumPy: a handful of small torch ops would cost more in
         # dispatch than the arithmetic (about 80 us per batch on this CPU).
-        logits = torch.cat((digit_logits, sum_logits), 1).double().cpu().numpy()  # (B, 29)
+        parts = [digit_logits, sum_logits]
+        if len(outputs) > 2:  # the not-a-digit logit, (B,)
+            parts.append(outputs[2].unsqueeze(1))
+        logits = torch.cat(parts, 1).double().cpu().numpy()  # (B, 29 or 30)
         digit, digit_p = _argmax_and_probability(logits[:, :10])
-        total, sum_p = _argmax_and_probability(logits[:, 10:])
+        total, sum_p = _argmax_and_probability(logits[:, 10:29])
+        if self.no_digit_threshold is None or logits.shape[1] < 30:
+            refused = [False] * len(digit)
+        else:
+            # sigmoid(x) >= t  <=>  x >= logit(t): no exp per image
+            refused = (logits[:, 29] >= self._no_digit_logit).tolist()
         return [
-            Prediction(d, dp, s, sp)
-            for d, dp, s, sp in zip(
-                digit.tolist(), digit_p.tolist(), total.tolist(), sum_p.tolist(), strict=True
+            Prediction(d, dp, s, sp, r)
+            for d, dp, s, sp, r in zip(
+                digit.tolist(),
+                digit_p.tolist(),
+                total.tolist(),
+                sum_p.tolist(),
+                refused,
+                strict=True,
             )
         ]
+
+    @property
+    def _no_digit_logit(self) -> float:
+        t = self.no_digit_threshold
+        if t is None or t >= 1.0:
+            return float("inf")
+        return float("-inf") if t <= 0.0 else math.log(t / (1.0 - t))
 
 
 def _argmax_and_probability(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,8 +130,16 @@ def resolve_device(name: str) -> torch.device:
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def load_model(path: Path, device: torch.device, precision: str = "fp32") -> LoadedModel:
+def load_model(
+    path: Path,
+    device: torch.device,
+    precision: str = "fp32",
+    no_digit_threshold: float | None = None,
+) -> LoadedModel:
     """Load, check the contract with one forward pass, and optimise for inference.
+
+    `no_digit_threshold` overrides the card's (`no_digit.threshold`, chosen on validation data
+    when the model was trained); with neither, nothing is refused by the model.
 
     Half precision (bf16/fp16) is for CUDA only, and offered with its measured agreement: the
     GPU check counts the answers it changes from fp32 on the whole MNIST test set
@@ -140,7 +174,12 @@ def load_model(path: Path, device: torch.device, precision: str = "fp32") -> Loa
         raise ModelLoadError(f"{path}: its {CARD_EXTRA_FILE} is not JSON") from exc
     # Freezing (above) folds BatchNorm into the convolutions and inlines attributes: the same
     # outputs (tests/app/test_inference.py checks).
-    model = LoadedModel(frozen, card, hashlib.sha256(data).hexdigest(), device, dtype)
+    if no_digit_threshold is None:
+        chosen = card.get("no_digit", {}).get("threshold")
+        no_digit_threshold = float(chosen) if chosen is not None else None
+    model = LoadedModel(
+        frozen, card, hashlib.sha256(data).hexdigest(), device, dtype, no_digit_threshold
+    )
     try:
         (p,) = model.predict(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long))
     except Exception as exc:

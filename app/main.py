@@ -57,7 +57,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     torch.set_num_threads(threads)
     try:
         device = resolve_device(settings.device)
-        model = await asyncio.to_thread(load_model, settings.model_path, device, settings.precision)
+        model = await asyncio.to_thread(
+            load_model,
+            settings.model_path,
+            device,
+            settings.precision,
+            settings.no_digit_threshold,
+        )
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
         raise

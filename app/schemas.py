@@ -43,6 +43,11 @@ class ErrorDetail(BaseModel):
     message: str = Field(description="what went wrong, for a person")
     field: str | None = Field(None, description="the request field at fault, if one is")
     request_id: str = Field(description="also sent as the X-Request-ID header")
+    input_png: str | None = Field(
+        None,
+        description="no_digit only, with include_input=true: base64 PNG of the 28x28 image the "
+        "model saw",
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -58,7 +63,15 @@ class ErrorResponse(BaseModel):
                         "field": "image",
                         "request_id": "4f6c2a0e9b1d4c7e",
                     }
-                }
+                },
+                {
+                    "error": {
+                        "code": "no_digit",
+                        "message": "I don't see a digit in this image: it looks blank.",
+                        "field": "image",
+                        "request_id": "9a1b7c3d5e2f4a6b",
+                    }
+                },
             ]
         }
     )
@@ -182,7 +195,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         408: "The body arrived too slowly",
         413: "Body over the upload limit",
         415: "An image format outside PNG, JPEG, WebP, BMP, GIF, HEIC/HEIF, AVIF",
-        422: "A missing, non-integer or out-of-range field (named in `field`)",
+        422: "`validation_error`: a missing, non-integer or out-of-range field (named in "
+        "`field`); `no_digit`: the image holds no digit to read (blank paper, only lines or "
+        "noise, or a letter, symbol or scribble), so no digit and no sum are guessed",
         500: "Unexpected failure; the request id finds the traceback in the log",
         503: "Loading, draining or at capacity; see Retry-After",
     }

@@ -19,6 +19,12 @@ class TrainConfig:
     state: Path = Path("runs/train_state.pt")
     epochs: int = 24
     batch_size: int = 128
+    val_images: int = 5_000
+    glyph_digits: int = 40_000
+    glyph_negatives: int = 20_000
+    glyph_batch: int = 32
+    negative_batch: int = 24
+    not_digit_weight: float = 1.0
     lr: float = 3e-3
     weight_decay: float = 5e-4
     label_smoothing: float = 0.05
@@ -69,6 +75,42 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.batch_size,
         help="images per optimiser step (per process under torchrun)",
+    )
+    p.add_argument(
+        "--val-images",
+        type=int,
+        default=d.val_images,
+        help="MNIST training images held out for model selection, calibration and thresholds",
+    )
+    p.add_argument(
+        "--glyph-digits",
+        type=int,
+        default=d.glyph_digits,
+        help="synthetic digits rendered from the train glyph sources (training/glyphs.py)",
+    )
+    p.add_argument(
+        "--glyph-negatives",
+        type=int,
+        default=d.glyph_negatives,
+        help="synthetic non-digits (letters, symbols, scribbles, blobs) for the not-digit head",
+    )
+    p.add_argument(
+        "--glyph-batch",
+        type=int,
+        default=d.glyph_batch,
+        help="synthetic digits added to each step's MNIST batch",
+    )
+    p.add_argument(
+        "--negative-batch",
+        type=int,
+        default=d.negative_batch,
+        help="non-digits added to each step's batch",
+    )
+    p.add_argument(
+        "--not-digit-weight",
+        type=float,
+        default=d.not_digit_weight,
+        help="weight of the not-digit head's loss",
     )
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (one-cycle schedule)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")

@@ -46,6 +46,15 @@ class Split:
     def head(self, n: int) -> Split:
         return Split(self.images[:n], self.labels[:n])
 
+    def split_off(self, n: int, seed: int) -> tuple[Split, Split]:
+        """(the rest, n images drawn at random): the validation slice that model selection,
+        calibration and thresholds use, so the test split only ever reports."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        rest, held = order[n:].sort().values, order[:n].sort().values
+        return Split(self.images[rest], self.labels[rest]), Split(
+            self.images[held], self.labels[held]
+        )
+
 
 def raw_dir(data_dir: Path) -> Path:
     return data_dir / "MNIST" / "raw"
@@ -157,16 +166,18 @@ def dataset_checksums(folder: Path) -> dict[str, str]:
 def augment(
     images: torch.Tensor, generator: torch.Generator, strength: float = 1.0
 ) -> torch.Tensor:
-    """Small random affine warps, batched on the images' device: (B,1,28,28) -> (B,1,28,28).
+    """Random affine and elastic warps, batched on the images' device: (B,1,28,28) -> same.
 
-    Rotation up to 12 degrees, scale 0.9-1.1, shear up to 0.15 and shifts up to 2.5 px.
-    The random draws happen on the CPU generator so that runs are seeded the same on any device.
+    Rotation up to 12 degrees, scale 0.85-1.1, shear up to 0.3 (slanted writing) and shifts up
+    to 2.5 px, plus a smooth elastic displacement of up to about 1.5 px (Simard et al.'s
+    distortion, the wobble of a hand), all in one resampling. The random draws happen on the
+    CPU generator so that runs are seeded the same on any device.
     """
     b = images.shape[0]
     r = torch.rand((b, 5), generator=generator).to(images.device) * 2 - 1  # (B, 5) in [-1, 1]
     angle = r[:, 0] * math.radians(12) * strength
-    scale = 1 + r[:, 1] * 0.1 * strength
-    shear = r[:, 2] * 0.15 * strength
+    scale = 1 + (r[:, 1] * 0.125 - 0.025) * strength
+    shear = r[:, 2] * 0.3 * strength
     shift = r[:, 3:] * (2.5 / 14) * strength  # grid units: 14 px = 1.0
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
@@ -176,5 +187,50 @@ def augment(
         ],
         dim=1,
     )  # (B, 2, 3)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (B, 28, 28, 2)
+    coarse = torch.randn((b, 2, 4, 4), generator=generator).to(images.device)
+    elastic = F.interpolate(coarse, size=images.shape[-2:], mode="bicubic", align_corners=False)
+    grid = grid + elastic.permute(0, 2, 3, 1) * (0.06 * strength)  # (B, 28, 28, 2), ~0.8 px sd
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def roughen(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """What pens, pencils and photos do that MNIST's scans don't, batched: (B,1,28,28) -> same.
+
+    Per image, at random: a thicker or thinner stroke (a blend towards a 3x3 dilation or
+    erosion), blur, a faint or uneven stroke (gamma and peak), a gap cut through the stroke (a
+    broken pencil line), and a short faint straight line (what a ruled line leaves where it
+    crossed the ink). Each happens to a minority of images, so MNIST's own look stays the most
+    common one.
+    """
+    b, device = images.shape[0], images.device
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=generator).to(device)
+
+    u = draw(b, 8)  # one column per decision
+    dilated = F.max_pool2d(images, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-images, 3, stride=1, padding=1)
+    width = (u[:, 0] * 2 - 1).view(b, 1, 1, 1)  # <0 thinner, >0 thicker
+    width = torch.where(u[:, 1].view(b, 1, 1, 1) < 0.4, width, torch.zeros_like(width))
+    out = torch.where(
+        width > 0, images + width * (dilated - images), images + width * 0.7 * (images - eroded)
+    )
+    blurred = F.avg_pool2d(out, 3, stride=1, padding=1, count_include_pad=False)
+    blur = (u[:, 2] < 0.2).float().view(b, 1, 1, 1) * u[:, 3].view(b, 1, 1, 1)
+    out = out + blur * (blurred - out)
+    gamma = torch.where(u[:, 4] < 0.25, 0.6 + u[:, 5], torch.ones_like(u[:, 5])).view(b, 1, 1, 1)
+    out = out.clamp(0, 1).pow(gamma)
+    rows = torch.arange(28, device=device).view(1, 1, 28, 1)
+    cols = torch.arange(28, device=device).view(1, 1, 1, 28)
+    pos = draw(b, 4) * 28
+    gap_row = (rows - pos[:, 0].view(b, 1, 1, 1)).abs() < 1.0
+    gap_col = (cols - pos[:, 1].view(b, 1, 1, 1)).abs() < 1.0
+    horizontal = (u[:, 6] < 0.5).view(b, 1, 1, 1)
+    gap = torch.where(horizontal, gap_row, gap_col) & (u[:, 6] < 0.12).view(b, 1, 1, 1)
+    out = out.masked_fill(gap, 0.0)
+    line_row = (rows - pos[:, 2].view(b, 1, 1, 1)).abs() < 0.5
+    start = pos[:, 3].view(b, 1, 1, 1) * 0.5
+    line = line_row & (cols >= start) & (cols < start + 14) & (u[:, 7] < 0.06).view(b, 1, 1, 1)
+    out = torch.where(line, torch.maximum(out, torch.full_like(out, 0.45)), out)
+    return out.clamp(0, 1)

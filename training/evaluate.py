@@ -3,21 +3,28 @@
     python -m training.evaluate models/digitsum.pt --data-dir ../shared/data
 
 Works on the eager DigitSumNet and on the exported TorchScript file alike (both have
-`embed` and `heads`), so the figures in the model card are the ones anyone can reproduce.
+`embed`, `heads` and `not_digit`), so the figures in the model card are the ones anyone can
+reproduce: accuracy of both heads, their agreement, the expected calibration error of the
+confidences, and the share of digits the not-a-digit head would refuse at the card's threshold.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from app.devices import DEVICE_HELP, DeviceError, exact_fp32_on_cuda, resolve_device
+from training.calibrate import expected_calibration_error
 from training.data import DataError, Split, ensure_mnist, load_split
+
+if TYPE_CHECKING:
+    from training.synthetic import GlyphPool
 
 
 class PairModel(Protocol):
@@ -25,6 +32,7 @@ class PairModel(Protocol):
     def heads(
         self, features: torch.Tensor, number: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def not_digit(self, features: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -37,6 +45,10 @@ class Metrics:
     sum_accuracy: float
     consistency: float
     sum_accuracy_by_number: list[float]
+    digit_ece: float
+    sum_ece: float
+    refused_as_not_digit: float  # share of images at or over the threshold
+    not_digit_threshold: float
     confusion: list[list[int]] = field(repr=False)  # [true digit][predicted digit]
 
     def summary(self) -> dict[str, object]:
@@ -47,6 +59,10 @@ class Metrics:
             "sum_accuracy": round(self.sum_accuracy, 6),
             "consistency": round(self.consistency, 6),
             "sum_accuracy_by_number": [round(a, 6) for a in self.sum_accuracy_by_number],
+            "digit_ece": round(self.digit_ece, 6),
+            "sum_ece": round(self.sum_ece, 6),
+            "refused_as_not_digit": round(self.refused_as_not_digit, 6),
+            "not_digit_threshold": self.not_digit_threshold,
         }
 
     def table(self) -> str:
@@ -54,6 +70,13 @@ class Metrics:
             ("digit accuracy", f"{self.digit_accuracy:.3%}", f"{self.images:,} images"),
             ("sum accuracy", f"{self.sum_accuracy:.3%}", f"{self.pairs:,} pairs"),
             ("consistency", f"{self.consistency:.3%}", "sum == digit + number"),
+            ("digit ECE", f"{self.digit_ece:.3%}", "expected calibration error, 15 bins"),
+            ("sum ECE", f"{self.sum_ece:.3%}", "over all pairs"),
+            (
+                "no_digit",
+                f"{self.refused_as_not_digit:.3%}",
+                f"digits refused at threshold {self.not_digit_threshold:g}",
+            ),
         ]
         lines = [f"{'metric':<16} {'value':>8}  over", "-" * 44]
         lines += [f"{name:<16} {value:>8}  {over}" for name, value, over in rows]
@@ -62,31 +85,41 @@ class Metrics:
 
 @torch.inference_mode()
 def evaluate_pairs(
-    model: PairModel, split: Split, device: torch.device, batch_size: int = 1000
+    model: PairModel,
+    split: Split,
+    device: torch.device,
+    batch_size: int = 1000,
+    not_digit_threshold: float = 1.0,
 ) -> Metrics:
     """Score `model` (already in eval mode, on `device`) on `split` x numbers 0..9."""
     n = len(split)
-    digit_correct = sum_correct = consistent = 0
+    digit_correct = sum_correct = consistent = refused = 0
     sum_correct_by_number = torch.zeros(10, dtype=torch.long)
     confusion = torch.zeros(10, 10, dtype=torch.long)
+    digit_conf, digit_hit, sum_conf, sum_hit = [], [], [], []
     for start in range(0, n, batch_size):
         images = split.images[start : start + batch_size].to(device)  # (B, 1, 28, 28)
         labels = split.labels[start : start + batch_size].to(device)  # (B,)
         features = model.embed(images)  # the trunk runs once per image, not once per pair
+        refused += int((model.not_digit(features).sigmoid() >= not_digit_threshold).sum())
         for number in range(10):
             numbers = torch.full_like(labels, number)
             digit_logits, sum_logits = model.heads(features, numbers)
-            digit = digit_logits.argmax(1)
-            total = sum_logits.argmax(1)
+            digit_p, digit = digit_logits.float().softmax(1).max(1)
+            sum_p, total = sum_logits.float().softmax(1).max(1)
             if number == 0:
                 digit_correct += int((digit == labels).sum())
                 confusion += torch.bincount((labels * 10 + digit).cpu(), minlength=100).reshape(
                     10, 10
                 )
+                digit_conf.append(digit_p.cpu())
+                digit_hit.append((digit == labels).cpu())
             hits = int((total == labels + number).sum())
             sum_correct += hits
             sum_correct_by_number[number] += hits
             consistent += int((total == digit + number).sum())
+            sum_conf.append(sum_p.cpu())
+            sum_hit.append((total == labels + number).cpu())
     pairs = n * 10
     return Metrics(
         images=n,
@@ -95,8 +128,58 @@ def evaluate_pairs(
         sum_accuracy=sum_correct / pairs,
         consistency=consistent / pairs,
         sum_accuracy_by_number=(sum_correct_by_number.double() / n).tolist(),
+        digit_ece=expected_calibration_error(torch.cat(digit_conf), torch.cat(digit_hit)),
+        sum_ece=expected_calibration_error(torch.cat(sum_conf), torch.cat(sum_hit)),
+        refused_as_not_digit=refused / n,
+        not_digit_threshold=not_digit_threshold,
         confusion=confusion.tolist(),
     )
+
+
+@dataclass
+class ValidationScores:
+    """What model selection reads after each epoch: the validation slice of MNIST's training
+    split and the synthetic validation glyphs (never the test split)."""
+
+    mnist: Metrics
+    glyph_digit_accuracy: float
+    glyph_negatives_refused: float  # at probability 0.5
+
+    @property
+    def score(self) -> float:
+        """Higher is better: errors on MNIST count most (its bar is the tightest)."""
+        return -(
+            4 * (1 - self.mnist.sum_accuracy)
+            + (1 - self.glyph_digit_accuracy)
+            + 0.5 * (1 - self.glyph_negatives_refused)
+        )
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "val_digit_accuracy": self.mnist.digit_accuracy,
+            "val_sum_accuracy": self.mnist.sum_accuracy,
+            "val_consistency": self.mnist.consistency,
+            "val_glyph_digit_accuracy": round(self.glyph_digit_accuracy, 6),
+            "val_glyph_negatives_refused": round(self.glyph_negatives_refused, 6),
+        }
+
+
+@torch.inference_mode()
+def score_validation(
+    model: PairModel, val: Split, glyphs: GlyphPool, device: torch.device
+) -> ValidationScores:
+    mnist = evaluate_pairs(model, val, device)
+    digits, negatives = glyphs.digits, glyphs.negatives
+    correct = refused = 0
+    for start in range(0, len(digits), 1000):
+        features = model.embed(digits.images[start : start + 1000].to(device))
+        numbers = torch.zeros(features.shape[0], dtype=torch.long, device=device)
+        predicted = model.heads(features, numbers)[0].argmax(1)
+        correct += int((predicted == digits.labels[start : start + 1000].to(device)).sum())
+    for start in range(0, len(negatives), 1000):
+        features = model.embed(negatives.images[start : start + 1000].to(device))
+        refused += int((model.not_digit(features) >= 0).sum())
+    return ValidationScores(mnist, correct / max(len(digits), 1), refused / max(len(negatives), 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,14 +200,17 @@ def main(argv: list[str] | None = None) -> int:
             exact_fp32_on_cuda()  # score what the service computes (app/devices.py says why)
         folder = ensure_mnist(args.data_dir, splits=("t10k",), download=False)
         test = load_split(folder, "t10k")
-        model = torch.jit.load(str(args.checkpoint), map_location=device).eval()
+        extra = {"metadata.json": ""}
+        model = torch.jit.load(str(args.checkpoint), map_location=device, _extra_files=extra).eval()
+        card = json.loads(extra["metadata.json"] or "{}")
     except (DataError, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"error: cannot load {args.checkpoint}: {exc}", file=sys.stderr)
         return 2
-    metrics = evaluate_pairs(model, test, device)
+    threshold = float(card.get("no_digit", {}).get("threshold", 1.0))
+    metrics = evaluate_pairs(model, test, device, not_digit_threshold=threshold)
     print(metrics.table())
     return 0
 

@@ -1,4 +1,5 @@
-"""DigitSumNet: one image trunk, a digit head, and a sum head that learns to add the number.
+"""DigitSumNet: one image trunk, a digit head, a sum head that learns to add the number, and a
+"not a digit" head that says when the image holds no digit at all.
 
 Kept scriptable (TorchScript) and free of training imports: `export.py` scripts it as is.
 (No `from __future__ import annotations` here: TorchScript must read the annotations as types.)
@@ -22,7 +23,7 @@ MNIST_STD = 0.3081
 class ModelConfig:
     """Hyper-parameters of DigitSumNet; saved in the checkpoint's model card."""
 
-    channels: tuple[int, int, int] = (16, 32, 64)
+    channels: tuple[int, int, int] = (24, 48, 96)
     feature_dim: int = 128
     dropout: float = 0.1
 
@@ -39,18 +40,27 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
 
 
 class DigitSumNet(nn.Module):
-    """forward(image (B,1,28,28) in [0,1], number (B,) int64 0..9) -> (digit (B,10), sum (B,19)).
+    """forward(image (B,1,28,28) in [0,1], number (B,) int64 0..9)
+    -> (digit (B,10), sum (B,19), not_digit (B,)) logits.
 
     The sum head is a learned addition table: for each number n, a (10 x 19) matrix that maps
     the digit head's belief (its softmax over 0..9) to 19 sum logits. It starts at zero and is
     trained jointly with the digit head (its own cross-entropy on digit + number, and agreement
     with the digit head), so the table of sums is learned from the pairs, not written in code;
     its gradients flow back into the image trunk too. Nothing adds argmax(digit) + number.
+
+    The not-digit head is one logit, trained on letters, symbols and scribbles against digits:
+    sigmoid(not_digit) is the network's belief that there is no digit to read. The digit and
+    sum logits leave the module divided by temperatures fitted after training on a validation
+    slice (training/calibrate.py), so that their softmax confidences mean what they say; the
+    temperatures are 1 while training.
     """
 
     __jit_ignored_attributes__: ClassVar[list[str]] = ["config"]  # the card carries it instead
     mean: torch.Tensor  # buffers, registered in __init__
     std: torch.Tensor
+    digit_temperature: torch.Tensor
+    sum_temperature: torch.Tensor
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -71,11 +81,14 @@ class DigitSumNet(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.digit_head = nn.Linear(cfg.feature_dim, NUM_DIGITS)
+        self.not_digit_head = nn.Linear(cfg.feature_dim, 1)
         # addition_table[n, d, s]: how much "the digit is d" speaks for "the sum is s" when the
         # number is n. Zero at the start; what it holds after training is learned.
         self.addition_table = nn.Parameter(torch.zeros(NUM_DIGITS, NUM_DIGITS, NUM_SUMS))
         self.register_buffer("mean", torch.tensor(MNIST_MEAN))
         self.register_buffer("std", torch.tensor(MNIST_STD))
+        self.register_buffer("digit_temperature", torch.tensor(1.0))
+        self.register_buffer("sum_temperature", torch.tensor(1.0))
 
     @torch.jit.export
     def embed(self, image: torch.Tensor) -> torch.Tensor:
@@ -87,14 +100,23 @@ class DigitSumNet(nn.Module):
     def heads(
         self, features: torch.Tensor, number: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (B, F) and number (B,) -> (digit_logits (B, 10), sum_logits (B, 19))."""
+        """Features (B, F) and number (B,) -> (digit_logits (B, 10), sum_logits (B, 19)),
+        both divided by their calibrated temperatures."""
         digit_logits = self.digit_head(features)  # (B, 10)
-        belief = digit_logits.softmax(1)  # (B, 10)
+        belief = digit_logits.softmax(1)  # (B, 10), uncalibrated: what the table was trained on
         table = self.addition_table[number]  # (B, 10, 19): this pair's number picks its matrix
         sum_logits = torch.bmm(belief.unsqueeze(1), table).squeeze(1)  # (B, 19)
-        return digit_logits, sum_logits
+        return digit_logits / self.digit_temperature, sum_logits / self.sum_temperature
+
+    @torch.jit.export
+    def not_digit(self, features: torch.Tensor) -> torch.Tensor:
+        """Features (B, F) -> the not-a-digit logit (B,)."""
+        logit: torch.Tensor = self.not_digit_head(features).squeeze(1)
+        return logit
 
     def forward(
         self, image: torch.Tensor, number: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.heads(self.embed(image), number)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.embed(image)
+        digit_logits, sum_logits = self.heads(features, number)
+        return digit_logits, sum_logits, self.not_digit(features)

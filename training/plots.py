@@ -13,18 +13,21 @@ from training.atomic import atomic_write
 
 
 def save_learning_curves(history: list[dict[str, float]], path: Path) -> None:
-    """history: one dict per epoch with train_loss, digit_accuracy, sum_accuracy, consistency."""
+    """history: one dict per epoch with train_loss and the validation scores (val_*)."""
     epochs = [int(h["epoch"]) for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="Training loss")
     for key, label in [
-        ("digit_accuracy", "digit (10k images)"),
-        ("sum_accuracy", "sum (100k pairs)"),
-        ("consistency", "consistency"),
+        ("val_digit_accuracy", "MNIST digit"),
+        ("val_sum_accuracy", "MNIST sum (x10 numbers)"),
+        ("val_glyph_digit_accuracy", "synthetic digits"),
+        ("val_glyph_negatives_refused", "non-digits refused"),
     ]:
         ax_acc.plot(epochs, [100 * h[key] for h in history], marker="o", label=label)
-    ax_acc.set(xlabel="epoch", ylabel="% on MNIST test", title="Test accuracy", ylim=(98.5, 100))
+    ax_acc.set(
+        xlabel="epoch", ylabel="% on the validation slice", title="Validation", ylim=(90, 100)
+    )
     ax_acc.legend(loc="lower right")
     ax_acc.grid(alpha=0.3)
     fig.tight_layout()

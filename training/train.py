@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from app import __version__
 from app.devices import DeviceError, resolve_device
-from training import export, plots
+from training import calibrate, export, plots
 from training.atomic import atomic_write
 from training.config import TrainConfig, parse_args
 from training.data import (
@@ -37,13 +37,19 @@ from training.data import (
     dataset_checksums,
     ensure_mnist,
     load_split,
+    roughen,
 )
-from training.evaluate import Metrics, evaluate_pairs
+from training.evaluate import Metrics, evaluate_pairs, score_validation
 from training.model import NUM_SUMS, DigitSumNet
+from training.synthetic import GlyphPool, cached_pool
 
 SMOKE_TRAIN_IMAGES = 512
 SMOKE_TEST_IMAGES = 200
+SMOKE_VAL_IMAGES = 100
+SMOKE_GLYPHS = 200  # digits; half as many negatives
 SMOKE_MAX_EPOCHS = 2
+VAL_GLYPH_DIGITS = 3_000  # synthetic validation glyphs: train sources, another seed
+VAL_GLYPH_NEGATIVES = 2_000
 # The schedule and the data order depend on these; a resumed run must keep them.
 RESUME_MUST_MATCH = ("epochs", "batch_size", "lr", "seed", "smoke")
 
@@ -101,7 +107,8 @@ def pair_loss(
     number: torch.Tensor,
     cfg: TrainConfig,
 ) -> torch.Tensor:
-    """Cross-entropy of both heads plus the sum head's agreement with the digit head."""
+    """Cross-entropy of both heads plus the sum head's agreement with the digit head (digits
+    only: a non-digit has neither a digit nor a sum to learn)."""
     digit_logits, sum_logits = digit_logits.float(), sum_logits.float()
     loss = F.cross_entropy(digit_logits, label, label_smoothing=cfg.label_smoothing)
     loss = loss + F.cross_entropy(sum_logits, label + number, label_smoothing=cfg.label_smoothing)
@@ -133,14 +140,17 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     train: Split,
+    glyphs: GlyphPool,
     cfg: TrainConfig,
     epoch: int,
     rt: Runtime,
 ) -> float:
-    """One pass over this process's shard; returns the mean training loss."""
+    """One pass over this process's MNIST shard, each step's batch topped up with synthetic
+    digits and non-digits drawn from `glyphs`; returns the mean training loss."""
     model.train()
     indices, numbers = epoch_batches(len(train), cfg, epoch, rt)
     aug_generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 131 + rt.rank)
+    digit_pool, negative_pool = glyphs.digits, glyphs.negatives
     use_bf16 = rt.device.type == "cuda"
     steps = len(indices) // cfg.batch_size  # drop the ragged last batch: BatchNorm needs > 1
     total = torch.zeros((), device=rt.device)
@@ -154,14 +164,30 @@ def train_one_epoch(
     )
     for step in bar:
         batch = indices[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(rt.device)
-        number = numbers[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(rt.device)
-        image = augment(train.images[batch], aug_generator)  # (B, 1, 28, 28)
+        images, labels = [train.images[batch]], [train.labels[batch]]
+        for pool, count in ((digit_pool, cfg.glyph_batch), (negative_pool, cfg.negative_batch)):
+            if len(pool) and count:
+                pick = torch.randint(0, len(pool), (count,), generator=aug_generator)
+                images.append(pool.images[pick.to(pool.images.device)])
+                labels.append(pool.labels[pick.to(pool.labels.device)])
+        image = roughen(augment(torch.cat(images), aug_generator), aug_generator)  # (B', 1, 28, 28)
+        label = torch.cat(labels)  # (B',) digits, or NOT_A_DIGIT (-1)
+        extra = torch.randint(0, 10, (len(label) - len(batch),), generator=aug_generator)
+        number = torch.cat((numbers[step * cfg.batch_size : (step + 1) * cfg.batch_size], extra))
+        number = number.to(rt.device)
         if rt.device.type == "cuda":
             image = image.contiguous(memory_format=torch.channels_last)
-        label = train.labels[batch]
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            digit_logits, sum_logits = model(image, number)
-        loss = pair_loss(digit_logits, sum_logits, label, number, cfg)
+            digit_logits, sum_logits, not_digit_logit = model(image, number)
+        is_digit = label >= 0
+        loss = pair_loss(
+            digit_logits[is_digit], sum_logits[is_digit], label[is_digit], number[is_digit], cfg
+        )
+        if cfg.not_digit_weight:
+            target = (~is_digit).float()
+            loss = loss + cfg.not_digit_weight * F.binary_cross_entropy_with_logits(
+                not_digit_logit.float(), target
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -181,12 +207,44 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def load_data(cfg: TrainConfig, device: torch.device) -> tuple[Split, Split, dict[str, str]]:
+@dataclass
+class Data:
+    """Everything a run reads: MNIST's train split less the validation slice, that slice, the
+    test split (reported, never used to choose anything), and the synthetic glyph pools."""
+
+    train: Split
+    val: Split
+    test: Split
+    glyphs: GlyphPool
+    val_glyphs: GlyphPool
+    checksums: dict[str, str]
+
+
+def load_data(cfg: TrainConfig, device: torch.device) -> Data:
     folder = ensure_mnist(cfg.data_dir, download=cfg.download, verify=cfg.verify_checksums)
     train, test = load_split(folder, "train"), load_split(folder, "t10k")
+    val_images, digits, negatives = cfg.val_images, cfg.glyph_digits, cfg.glyph_negatives
+    val_digits, val_negatives = VAL_GLYPH_DIGITS, VAL_GLYPH_NEGATIVES
     if cfg.smoke:
         train, test = train.head(SMOKE_TRAIN_IMAGES), test.head(SMOKE_TEST_IMAGES)
-    return train.to(device), test.to(device), dataset_checksums(folder)
+        val_images = min(val_images, SMOKE_VAL_IMAGES)
+        digits, negatives = min(digits, SMOKE_GLYPHS), min(negatives, SMOKE_GLYPHS // 2)
+        val_digits, val_negatives = SMOKE_GLYPHS // 2, SMOKE_GLYPHS // 4
+    train, val = train.split_off(val_images, cfg.seed)
+    cache = cfg.state.parent
+    try:
+        glyphs = cached_pool(cache, "train", digits, negatives, cfg.seed)
+        val_glyphs = cached_pool(cache, "train", val_digits, val_negatives, cfg.seed + 1)
+    except (OSError, RuntimeError) as exc:  # a font missing, an unwritable cache
+        raise DataError(f"cannot render the synthetic glyphs: {exc}") from exc
+    return Data(
+        train.to(device),
+        val.to(device),
+        test.to(device),
+        glyphs.to(device),
+        val_glyphs.to(device),
+        dataset_checksums(folder),
+    )
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
@@ -198,10 +256,11 @@ def build_card(
     eager: DigitSumNet,
     metrics: Metrics,
     history: list[dict[str, float]],
-    checksums: dict[str, str],
+    data: Data,
     train_seconds: float,
     rt: Runtime,
     argv: list[str],
+    selection: dict[str, Any],
 ) -> dict[str, Any]:
     device_name = (
         torch.cuda.get_device_name(rt.device)
@@ -214,11 +273,13 @@ def build_card(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         "contract": {
-            "forward": "forward(image, number) -> (digit_logits, sum_logits)",
+            "forward": "forward(image, number) -> (digit_logits, sum_logits, not_digit_logit)",
             "image": "float32 (B, 1, 28, 28) in [0, 1], white digit on black (MNIST)",
             "number": "int64 (B,) in 0..9",
-            "digit_logits": "(B, 10)",
-            "sum_logits": "(B, 19): the sum head's own prediction of digit + number",
+            "digit_logits": "(B, 10), calibrated: softmax is the digit's probability",
+            "sum_logits": "(B, 19): the sum head's own prediction of digit + number, calibrated",
+            "not_digit_logit": "(B,): sigmoid is the probability that there is no digit; "
+            "refuse at no_digit.threshold",
             "normalisation": "inside the module",
         },
         "model": eager.config.to_dict(),
@@ -238,8 +299,28 @@ def build_card(
         "dataset": {
             "name": "MNIST",
             "license": "CC BY-SA 3.0 (Yann LeCun, Corinna Cortes, Christopher J.C. Burges)",
-            "files": checksums,
-            "train_images": 60_000 if not cfg.smoke else SMOKE_TRAIN_IMAGES,
+            "files": data.checksums,
+            "train_images": len(data.train),
+            "validation_images": len(data.val),
+            "synthetic": {
+                "sources": "training/glyphs.py, train split only",
+                "digits": len(data.glyphs.digits),
+                "negatives": len(data.glyphs.negatives),
+                "validation_digits": len(data.val_glyphs.digits),
+                "validation_negatives": len(data.val_glyphs.negatives),
+            },
+        },
+        "selection": selection,
+        "calibration": {
+            "method": "temperature scaling on the validation slice (training/calibrate.py)",
+            "digit_temperature": float(eager.digit_temperature),
+            "sum_temperature": float(eager.sum_temperature),
+        },
+        "no_digit": {
+            "threshold": metrics.not_digit_threshold,
+            "chosen_on": "validation: refuses at most "
+            f"{calibrate.MAX_MNIST_REFUSED:.2%} of MNIST and "
+            f"{calibrate.MAX_SYNTHETIC_REFUSED:.0%} of synthetic digits",
         },
         "metrics": metrics.summary(),
     }
@@ -257,25 +338,49 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         rt = setup_runtime(cfg)
-        train, test, checksums = load_data(cfg, rt.device)
+        data = load_data(cfg, rt.device)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        return run(cfg, rt, train, test, checksums, argv)
+        return run(cfg, rt, data, argv)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def run(
-    cfg: TrainConfig,
-    rt: Runtime,
-    train: Split,
-    test: Split,
-    checksums: dict[str, str],
-    argv: list[str],
-) -> int:
+@torch.inference_mode()
+def calibrate_on_validation(model: DigitSumNet, data: Data, device: torch.device) -> float:
+    """Fit both heads' temperatures and choose the not-digit threshold, on validation data only;
+    sets the temperatures in `model` (eval mode, on `device`) and returns the threshold."""
+    model.digit_temperature.fill_(1.0)
+    model.sum_temperature.fill_(1.0)
+    digit_logits, sum_logits, digit_labels, sum_labels = [], [], [], []
+    refusal: dict[str, list[torch.Tensor]] = {"mnist": [], "glyphs": []}
+    generator = torch.Generator().manual_seed(4242)  # the numbers paired with validation images
+    for name, split in (("mnist", data.val), ("glyphs", data.val_glyphs.digits)):
+        for start in range(0, len(split), 1000):
+            images = split.images[start : start + 1000].to(device)
+            labels = split.labels[start : start + 1000].to(device)
+            number = torch.randint(0, 10, labels.shape, generator=generator).to(device)
+            features = model.embed(images)
+            d, s_ = model.heads(features, number)
+            digit_logits.append(d.float().cpu())
+            sum_logits.append(s_.float().cpu())
+            digit_labels.append(labels.cpu())
+            sum_labels.append((labels + number).cpu())
+            refusal[name].append(model.not_digit(features).sigmoid().float().cpu())
+    model.digit_temperature.fill_(
+        calibrate.fit_temperature(torch.cat(digit_logits), torch.cat(digit_labels))
+    )
+    model.sum_temperature.fill_(
+        calibrate.fit_temperature(torch.cat(sum_logits), torch.cat(sum_labels))
+    )
+    return calibrate.not_digit_threshold(torch.cat(refusal["mnist"]), torch.cat(refusal["glyphs"]))
+
+
+def run(cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str]) -> int:
+    train = data.train
     torch.manual_seed(cfg.seed)
     model = DigitSumNet(cfg.model).to(rt.device)
     if rt.device.type == "cuda":
@@ -292,6 +397,7 @@ def run(
     )
     history: list[dict[str, float]] = []
     first_epoch, train_seconds = 1, 0.0
+    best: dict[str, Any] = {"score": -float("inf"), "epoch": 0, "ema": None}
     if cfg.resume and cfg.state.exists():
         state = torch.load(cfg.state, map_location=rt.device, weights_only=False)
         changed = [k for k in RESUME_MUST_MATCH if state["config"][k] != cfg.to_dict()[k]]
@@ -307,6 +413,7 @@ def run(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, train_seconds = state["history"], state["train_seconds"]
+        best = state["best"]
         first_epoch = state["epoch"] + 1
         if rt.is_main:
             print(f"resumed from {cfg.state} after epoch {state['epoch']}", flush=True)
@@ -317,36 +424,42 @@ def run(
         )
     if rt.is_main:
         print(
-            f"training on {rt.device} x{rt.world_size}: {len(train):,} images, "
-            f"{export.count_parameters(model):,} parameters",
+            f"training on {rt.device} x{rt.world_size}: {len(train):,} MNIST images "
+            f"(+{len(data.glyphs.digits):,} synthetic digits, {len(data.glyphs.negatives):,} "
+            f"non-digits), {export.count_parameters(model):,} parameters; "
+            f"validation: {len(data.val):,} MNIST images, {len(data.val_glyphs):,} glyphs",
             flush=True,
         )
 
-    metrics: Metrics | None = None
     for epoch in range(first_epoch, cfg.epochs + 1):
         synchronize(rt.device)
         start = time.perf_counter()
-        loss = train_one_epoch(net, ema, optimizer, scheduler, train, cfg, epoch, rt)
+        loss = train_one_epoch(net, ema, optimizer, scheduler, train, data.glyphs, cfg, epoch, rt)
         synchronize(rt.device)
         seconds = time.perf_counter() - start
         train_seconds += seconds
         if rt.is_main:
             ema.eval()
-            metrics = evaluate_pairs(cast(DigitSumNet, ema.module), test, rt.device)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": round(loss, 5),
-                    "seconds": round(seconds, 2),
-                    "digit_accuracy": metrics.digit_accuracy,
-                    "sum_accuracy": metrics.sum_accuracy,
-                    "consistency": metrics.consistency,
-                }
+            scores = score_validation(
+                cast(DigitSumNet, ema.module), data.val, data.val_glyphs, rt.device
             )
+            history.append(
+                {"epoch": epoch, "train_loss": round(loss, 5), "seconds": round(seconds, 2)}
+                | scores.summary()
+            )
+            if scores.score >= best["score"]:
+                best = {
+                    "score": scores.score,
+                    "epoch": epoch,
+                    "ema": {
+                        k: v.detach().cpu().clone() for k, v in ema.module.state_dict().items()
+                    },
+                }
             print(
-                f"epoch {epoch:3d}/{cfg.epochs}  loss {loss:.4f}  "
-                f"digit {metrics.digit_accuracy:.2%}  sum {metrics.sum_accuracy:.2%}  "
-                f"consistency {metrics.consistency:.2%}  {seconds:.1f}s",
+                f"epoch {epoch:3d}/{cfg.epochs}  loss {loss:.4f}  val: digit "
+                f"{scores.mnist.digit_accuracy:.2%}  sum {scores.mnist.sum_accuracy:.2%}  "
+                f"glyphs {scores.glyph_digit_accuracy:.2%}  non-digits refused "
+                f"{scores.glyph_negatives_refused:.2%}  {seconds:.1f}s",
                 flush=True,
             )
             save_state(
@@ -359,6 +472,7 @@ def run(
                     "epoch": epoch,
                     "history": history,
                     "train_seconds": train_seconds,
+                    "best": best,
                     "config": cfg.to_dict(),
                 },
             )
@@ -367,13 +481,17 @@ def run(
 
     if not rt.is_main:
         return 0
-    if metrics is None:  # resumed a finished run: score it again for the card
-        ema.eval()
-        metrics = evaluate_pairs(cast(DigitSumNet, ema.module), test, rt.device)
     final = DigitSumNet(cfg.model)
-    final.load_state_dict({k: v.cpu() for k, v in ema.module.state_dict().items()})
+    final.load_state_dict(best["ema"])
     final.eval()
-    card = build_card(cfg, final, metrics, history, checksums, train_seconds, rt, argv)
+    threshold = calibrate_on_validation(final, data, torch.device("cpu"))
+    metrics = evaluate_pairs(final, data.test, torch.device("cpu"), not_digit_threshold=threshold)
+    selection = {
+        "rule": "the epoch whose weight average scored best on the validation slice "
+        "(training/evaluate.py ValidationScores.score)",
+        "epoch": best["epoch"],
+    }
+    card = build_card(cfg, final, metrics, history, data, train_seconds, rt, argv, selection)
     scripted = export.script_model(final)
     card["cpu_images_per_second"] = {
         str(bs): round(export.images_per_second(scripted, bs)) for bs in (1, 256)
@@ -395,6 +513,7 @@ def run(
                 "cpu_images_per_second": card["cpu_images_per_second"],
                 "parameters": card["parameters"],
                 "mflops": card["mflops_per_image"],
+                "selected_epoch": best["epoch"],
             }
         )
     )

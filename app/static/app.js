@@ -215,6 +215,8 @@
         return "That file is not an image the service can read. It may be another kind of file, or a damaged image.";
       case "unsupported_format":
         return "That kind of image is not accepted. Use a PNG, JPEG, WebP, BMP, GIF, HEIC or AVIF file.";
+      case "no_digit":
+        return "I don't see a digit here. Draw or photograph one digit, 0 to 9, large and dark on a plain background.";
       case "validation_error":
         if (error.field === "number") return "Pick a number from 0 to 9.";
         if (error.field === "image") return "Draw a digit or choose an image first.";
@@ -257,6 +259,29 @@
 
   // Draw the 28x28 input on a canvas (CSS scales it up, pixelated). A canvas rather than an <img>
   // with a data: URL, so that a CSP of img-src 'self' does not hide it.
+  // What the model saw, inside the error box (a no_digit answer carries it with include_input).
+  async function showSeenInError(inputPng) {
+    if (typeof inputPng !== "string" || inputPng === "") return;
+    try {
+      const bitmap = await createImageBitmap(base64ToBlob(inputPng, "image/png"));
+      const figure = document.createElement("figure");
+      figure.className = "seen error-seen";
+      const canvas = document.createElement("canvas");
+      canvas.width = bitmap.width;
+      canvas.height = bitmap.height;
+      canvas.setAttribute("role", "img");
+      canvas.setAttribute("aria-label", "the 28 by 28 image the model saw");
+      canvas.getContext("2d").drawImage(bitmap, 0, 0);
+      bitmap.close();
+      const caption = document.createElement("figcaption");
+      caption.textContent = "What the model saw";
+      figure.append(canvas, caption);
+      errorBox.append(figure);
+    } catch {
+      // nothing to show: the headline says enough
+    }
+  }
+
   async function showSeen(inputPng) {
     const figure = seen.closest("figure");
     const context = seen.getContext("2d");
@@ -368,6 +393,7 @@
       if (!response.ok) {
         const error = payload && payload.error ? payload.error : null;
         showError(explain(response, error), errorDetails(error));
+        if (error && error.code === "no_digit") await showSeenInError(error.input_png);
         return;
       }
       if (payload === null || typeof payload.digit !== "number") {

@@ -16,7 +16,14 @@ from fastapi.routing import APIRoute
 from pydantic_core import to_json
 
 from app.api.deps import runtime_of
-from app.errors import Overloaded, ServiceError, error_body, request_id_of
+from app.errors import (
+    NOT_A_DIGIT_MESSAGE,
+    NoDigit,
+    Overloaded,
+    ServiceError,
+    error_body,
+    request_id_of,
+)
 from app.forms import FormFieldError, read_form
 from app.imaging import is_light, png_base64, prepare_batch
 from app.inference import Answer, Upload
@@ -81,6 +88,14 @@ def _prediction(answer: Answer, number: int, version: str, include_input: bool) 
     return body
 
 
+def _not_a_digit(answer: Answer, field: str, include_input: bool) -> NoDigit:
+    """The model's not-a-digit head refused this image: the error, with what it saw if asked."""
+    error = NoDigit(NOT_A_DIGIT_MESSAGE, field=field)
+    if include_input:
+        error.details["input_png"] = png_base64(answer.pixels)
+    return error
+
+
 def _json(body: dict[str, Any]) -> Response:
     # Plain dicts through pydantic-core's serialiser: pydantic models built and validated per
     # image cost more than the rest of a batch's bookkeeping, and the standard library's json
@@ -107,6 +122,8 @@ async def predict(request: Request, include_input: IncludeInput = False) -> Resp
     if isinstance(upload, ServiceError):
         raise upload
     answer = await runtime.batcher.predict(upload, number)
+    if answer.prediction.no_digit:
+        raise _not_a_digit(answer, "image", include_input)
     return _json(_prediction(answer, number, runtime.model.version, include_input))
 
 
@@ -147,8 +164,10 @@ async def predict_batch(request: Request, include_input: IncludeInput = False) -
     version = runtime.model.version
     results: list[dict[str, Any]] = []
     for i, (item, number) in enumerate(zip(outcome, numbers, strict=True)):
+        if not isinstance(item, ServiceError) and item.prediction.no_digit:
+            item = _not_a_digit(item, f"images[{i}]", include_input)
         if isinstance(item, ServiceError):
-            error = error_body(item.code, item.message, request_id, f"images[{i}]")
+            error = error_body(item.code, item.message, request_id, f"images[{i}]", item.details)
             results.append({"index": i, **error})
         else:
             prediction = _prediction(item, number, version, include_input)
