@@ -34,9 +34,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return float(F.cross_entropy(logits / t, labels))
 
     grid = [math.exp(x) for x in torch.linspace(math.log(0.05), math.log(5.0), 121).tolist()]
-    best = min(grid, key=nll)
+    best = grid[min(range(len(grid)), key=lambda i: nll(grid[i]))]
     fine = [best * math.exp(x) for x in torch.linspace(-0.04, 0.04, 81).tolist()]
-    return round(min(fine, key=nll), 5)
+    return round(fine[min(range(len(fine)), key=lambda i: nll(fine[i]))], 5)
 
 
 def expected_calibration_error(
