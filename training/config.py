@@ -17,7 +17,7 @@ class TrainConfig:
     data_dir: Path = Path("data")
     out: Path = Path("models")
     state: Path = Path("runs/train_state.pt")
-    epochs: int = 30
+    epochs: int = 24
     batch_size: int = 128
     val_images: int = 5_000
     glyph_digits: int = 40_000

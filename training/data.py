@@ -168,7 +168,7 @@ def augment(
 ) -> torch.Tensor:
     """Random affine and elastic warps, batched on the images' device: (B,1,28,28) -> same.
 
-    Rotation up to 12 degrees, scale 0.85-1.1, shear up to 0.25 (slanted writing) and shifts up
+    Rotation up to 12 degrees, scale 0.85-1.1, shear up to 0.3 (slanted writing) and shifts up
     to 2.5 px, plus a smooth elastic displacement of up to about 1.5 px (Simard et al.'s
     distortion, the wobble of a hand), all in one resampling. The random draws happen on the
     CPU generator so that runs are seeded the same on any device.
@@ -177,7 +177,7 @@ def augment(
     r = torch.rand((b, 5), generator=generator).to(images.device) * 2 - 1  # (B, 5) in [-1, 1]
     angle = r[:, 0] * math.radians(12) * strength
     scale = 1 + (r[:, 1] * 0.125 - 0.025) * strength
-    shear = r[:, 2] * 0.25 * strength
+    shear = r[:, 2] * 0.3 * strength
     shift = r[:, 3:] * (2.5 / 14) * strength  # grid units: 14 px = 1.0
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
@@ -194,17 +194,16 @@ def augment(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def roughen(images: torch.Tensor, generator: torch.Generator, share: float = 1.0) -> torch.Tensor:
+def roughen(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """What pens, pencils and photos do that MNIST's scans don't, batched: (B,1,28,28) -> same.
 
     Per image, at random: a thicker or thinner stroke (a blend towards a 3x3 dilation or
     erosion), blur, a faint or uneven stroke (gamma and peak), a gap cut through the stroke (a
     broken pencil line), and a short faint straight line (what a ruled line leaves where it
     crossed the ink). Each happens to a minority of images, so MNIST's own look stays the most
-    common one; `share` of the images are eligible at all (the rest come back as they are).
+    common one.
     """
     b, device = images.shape[0], images.device
-    original = images
 
     def draw(*shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=generator).to(device)
@@ -234,5 +233,4 @@ def roughen(images: torch.Tensor, generator: torch.Generator, share: float = 1.0
     start = pos[:, 3].view(b, 1, 1, 1) * 0.5
     line = line_row & (cols >= start) & (cols < start + 14) & (u[:, 7] < 0.06).view(b, 1, 1, 1)
     out = torch.where(line, torch.maximum(out, torch.full_like(out, 0.45)), out)
-    eligible = (draw(b) < share).view(b, 1, 1, 1)
-    return torch.where(eligible, out.clamp(0, 1), original)
+    return out.clamp(0, 1)

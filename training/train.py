@@ -48,7 +48,6 @@ SMOKE_TEST_IMAGES = 200
 SMOKE_VAL_IMAGES = 100
 SMOKE_GLYPHS = 200  # digits; half as many negatives
 SMOKE_MAX_EPOCHS = 2
-MNIST_ROUGHEN_SHARE = 0.3
 VAL_GLYPH_DIGITS = 3_000  # synthetic validation glyphs: train sources, another seed
 VAL_GLYPH_NEGATIVES = 2_000
 # The schedule and the data order depend on these; a resumed run must keep them.
@@ -171,16 +170,7 @@ def train_one_epoch(
                 pick = torch.randint(0, len(pool), (count,), generator=aug_generator)
                 images.append(pool.images[pick.to(pool.images.device)])
                 labels.append(pool.labels[pick.to(pool.labels.device)])
-        # MNIST's own scans keep their look more often than not: roughened throughout, they
-        # cost accuracy on MNIST (a validation run); synthetic glyphs are always roughened.
-        warped = augment(torch.cat(images), aug_generator)  # (B', 1, 28, 28)
-        mnist, extra_images = warped[: len(batch)], warped[len(batch) :]
-        image = torch.cat(
-            (
-                roughen(mnist, aug_generator, MNIST_ROUGHEN_SHARE),
-                roughen(extra_images, aug_generator),
-            )
-        )
+        image = roughen(augment(torch.cat(images), aug_generator), aug_generator)  # (B', 1, 28, 28)
         label = torch.cat(labels)  # (B',) digits, or NOT_A_DIGIT (-1)
         extra = torch.randint(0, 10, (len(label) - len(batch),), generator=aug_generator)
         number = torch.cat((numbers[step * cfg.batch_size : (step + 1) * cfg.batch_size], extra))

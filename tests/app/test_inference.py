@@ -32,7 +32,8 @@ def test_frozen_model_gives_the_same_outputs_as_the_file(
             shipped_model(images, numbers), loaded.module(images, numbers), strict=True
         ):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-            assert torch.equal(got.argmax(1), want.argmax(1))
+            if want.dim() == 2:  # the heads' logits; the not-digit logit is (B,)
+                assert torch.equal(got.argmax(1), want.argmax(1))
 
 
 @pytest.mark.parametrize(

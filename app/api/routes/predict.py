@@ -73,7 +73,7 @@ async def _uploads(runtime: Runtime, blobs: list[bytes]) -> list[Upload | Servic
 
 def _prediction(answer: Answer, number: int, version: str, include_input: bool) -> dict[str, Any]:
     """One PredictResponse, as the dict it serialises to."""
-    digit, digit_confidence, total, sum_confidence = answer.prediction
+    digit, digit_confidence, total, sum_confidence, _ = answer.prediction
     body: dict[str, Any] = {
         "digit": digit,
         "digit_confidence": digit_confidence,  # rounded with the whole batch (app.inference)
