@@ -70,6 +70,7 @@ class Stage:
     stands_in_for: str = ""  # a CPU stand-in: runs only where CUDA is absent
     env: dict[str, str] = field(default_factory=dict)
     figures: Callable[[str, Context], Figures] | None = None
+    needs_file: Path | None = None  # written by an earlier stage: SKIP without it
 
 
 @dataclass
@@ -141,6 +142,8 @@ def run_stage(stage: Stage, ctx: Context, deadline: float) -> Result | None:
         return None
     if stage.needs_cuda and not ctx.cuda:
         return Result(stage.name, "SKIP", 0.0, "no CUDA")
+    if stage.needs_file is not None and not stage.needs_file.is_file():
+        return Result(stage.name, "SKIP", 0.0, f"no {stage.needs_file.name} (an earlier stage)")
     budget = min(stage.timeout_s * ctx.timeout_scale, deadline - time.monotonic())
     if budget < MIN_STAGE_S:
         return Result(stage.name, "SKIP", 0.0, f"out of time ({max(budget, 0):.0f} s left)")
@@ -380,6 +383,7 @@ def stages(ctx: Context) -> list[Stage]:
             40,
             needs_cuda=True,
             figures=evaluation_figures(trained),
+            needs_file=trained,
         ),
         Stage(
             "eval-export-cpu",
@@ -387,6 +391,7 @@ def stages(ctx: Context) -> list[Stage]:
             [*evaluate, str(trained), "--data-dir", data, "--device", "cpu"],
             60,
             figures=evaluation_figures(trained),
+            needs_file=trained,
         ),
         Stage(
             "serve-cuda",

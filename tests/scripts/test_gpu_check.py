@@ -69,6 +69,15 @@ def test_cuda_stages_say_why_they_skip_and_stand_ins_run_only_without_cuda(ctx: 
     assert gpu_check.run_stage(stand_in, ctx, deadline) is None
 
 
+def test_a_stage_whose_input_an_earlier_stage_did_not_write_is_skipped(
+    ctx: Context, tmp_path: Path
+) -> None:
+    stage = Stage("eval", "", _python("print(1)"), 30, needs_file=tmp_path / "digitsum.pt")
+    result = gpu_check.run_stage(stage, ctx, time.monotonic() + 60)
+    assert result is not None
+    assert (result.status, result.note) == ("SKIP", "no digitsum.pt (an earlier stage)")
+
+
 def test_a_stage_that_cannot_get_its_minimum_time_is_skipped(ctx: Context) -> None:
     result = gpu_check.run_stage(Stage("late", "", _python("print(1)"), 30), ctx, time.monotonic())
     assert result is not None
