@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 PY = sys.executable
-EPOCHS = 24  # the shipped model's schedule (models/digitsum.json, training.config.epochs)
 MODEL_ONLY_BATCHES = "1,2,4,8,16,32,64,128,256,512,1024"
 # A checkpoint's metric agrees with its card within this (2 images of 10,000 for the digit,
 # 20 pairs of 100,000 for the sum): the card was scored on one device, and near-ties may fall
@@ -360,8 +359,8 @@ def stages(ctx: Context) -> list[Stage]:
         ),
         Stage(
             "train-cuda",
-            f"training on CUDA, {EPOCHS} epochs (bf16 autocast), then the export",
-            [*train, "--device", "cuda", "--epochs", str(EPOCHS)],
+            "training on CUDA, the trainer's default schedule (bf16 autocast), then the export",
+            [*train, "--device", "cuda"],
             170,
             needs_cuda=True,
             env=quiet,

@@ -7,9 +7,10 @@ The GPU machine (docs/gpu-check.md) runs Python 3.12 with torch, torchvision and
 other packages preinstalled, and has no network: whatever else the check imports travels as
 wheels (`make gpu-wheels` downloads them into .whl/), within the 64 MiB a call may carry.
 
-What the check needs: the service (pyproject's dependencies) and what the check itself runs
-(CHECK_ROOTS: training's progress bar and plots, pytest for the CUDA tests, httpx for FastAPI's
-TestClient), each with its requirements, at the versions installed here. What is not carried:
+What the check needs: the service and the trainer (pyproject's dependencies and its train
+extra: progress bar, plots, the fonts of the synthetic glyphs) and what the check itself runs
+(pytest for the CUDA tests, httpx for FastAPI's TestClient), each with its requirements, at the
+versions installed here. What is not carried:
 DEVICE_ROOTS and everything they require, which the device image holds (its versions, not
 ours): torch and torchvision with the CUDA libraries, and the large binary packages numpy,
 pillow, matplotlib and uvloop (together about 45 MB as wheels). The rehearsal
@@ -32,7 +33,7 @@ from packaging.utils import canonicalize_name
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lock_requirements import _wanted  # the lock's marker rules, one copy
 
-CHECK_ROOTS = ("digitsum", "tqdm", "matplotlib", "pytest", "pytest-timeout", "httpx")
+CHECK_ROOTS = ("digitsum[train]", "pytest", "pytest-timeout", "httpx")
 DEVICE_ROOTS = ("torch", "torchvision", "numpy", "pillow", "matplotlib", "uvloop")
 ALWAYS_CARRIED = frozenset({"typing-extensions"})
 NOT_CARRIED = frozenset(
