@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 DATA_DIR ?= data
 
-.PHONY: install serve test lint lint-python typecheck pytest train evaluate bench clean
+.PHONY: install serve test lint lint-python typecheck pytest train evaluate bench clean field-data field-eval
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ train: $(STAMP)
 
 evaluate: $(STAMP)
 	$(PY) -m training.evaluate models/digitsum.pt --data-dir $(DATA_DIR)
+
+# The field test set (docs/field-set.md): photographed and drawn digits that are not MNIST, and
+# images with no digit; the held-out split needs Debian's handwriting fonts (the error says which).
+FIELD_DIR ?= $(DATA_DIR)/field
+field-data: $(STAMP)
+	nice -n 10 $(PY) -m training.fieldset --out $(FIELD_DIR) $(FIELD_ARGS)
+
+# The service's own path (app.imaging + app.inference) on the held-out split, per scene.
+field-eval: $(STAMP)
+	$(PY) -m training.field_eval --field-dir $(FIELD_DIR) --split heldout --model models/digitsum.pt $(FIELD_EVAL_ARGS)
 
 # Side-by-side load benchmark (needs wrk); results land in bench/results/. BENCH_ARGS=--quick for a smoke run.
 # Then 12 MP phone photos (JPEG, HEIC) against the 28x28 PNG: prepare_image and POST /predict p50.
