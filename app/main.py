@@ -30,6 +30,7 @@ from app.inference import DynamicBatcher, load_model, resolve_device, warm_up
 from app.logs import configure_logging
 from app.metrics import mark_worker_gone
 from app.middleware import PredictFastPath, RequestContextMiddleware
+from app.schemas import set_batch_limit
 from app.shutdown import install_drain_handler
 from app.state import Phase, Runtime, ServiceState
 
@@ -122,9 +123,17 @@ class DigitsumAPI(FastAPI):
     goes through FastAPI as usual, inside RequestContextMiddleware.
     """
 
-    def __init__(self, *, outer_middleware: list[Middleware], **kwargs: Any) -> None:
+    def __init__(
+        self, *, outer_middleware: list[Middleware], max_batch_images: int, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.outer_middleware = outer_middleware  # listed outermost first
+        self.max_batch_images = max_batch_images
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = set_batch_limit(super().openapi(), self.max_batch_images)
+        return self.openapi_schema
 
     def build_middleware_stack(self) -> ASGIApp:
         app = super().build_middleware_stack()
@@ -154,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Metrics are Prometheus (/metrics) and logs are JSON lines; FastAPI's OpenTelemetry
         # hooks would otherwise look up the OTel providers on every request for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        max_batch_images=settings.max_batch_images,
         outer_middleware=[
             Middleware(
                 RequestContextMiddleware,

@@ -30,7 +30,6 @@ from app.errors import (
     error_json,
     service_error_response,
 )
-from app.forms import query_flag
 
 access_log = logging.getLogger("digitsum.access")
 log = logging.getLogger("digitsum")
@@ -199,16 +198,27 @@ class RequestContextMiddleware:
             )
 
 
-PredictEndpoint = Callable[[Request, bool], Awaitable[Response]]
+PredictEndpoint = Callable[[Request], Awaitable[Response]]
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: without the root path (`uvicorn --root-path /api` sends
+    /api/predict with root_path /api), as Starlette's router strips it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :]
+    return path
 
 
 class PredictFastPath:
     """Calls the prediction endpoints (app/api/routes/predict.py) directly for POST requests to
-    their paths, skipping FastAPI's router, dependency solving and exception middlewares. Those
-    layers took about half of the event loop's time per prediction at 64 connections (py-spy,
-    bench/); the endpoints read their own body and query (app/forms.py), so nothing else is
-    needed from them. The routes stay declared in FastAPI for /docs and the OpenAPI schema, and
-    their endpoints are the very functions called here.
+    their paths, skipping FastAPI's router, dependency solving and exception middlewares: a
+    third more predictions per second at 64 connections (docs/performance.md). The endpoints
+    take only the request and read their own body and query (app/forms.py), and our errors are
+    answered by the same function the exception handler calls, so the answers are the router's
+    (tests/app/test_dispatch.py); the routes stay declared in FastAPI for /docs, and their
+    endpoints are the very functions called here.
     """
 
     def __init__(self, app: ASGIApp, *, routes: Sequence[APIRoute]) -> None:
@@ -216,7 +226,7 @@ class PredictFastPath:
         self.routes = {route.path: route for route in routes}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        route = self.routes.get(route_path(scope)) if scope["type"] == "http" else None
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -224,7 +234,7 @@ class PredictFastPath:
         request = Request(scope, receive)
         endpoint: PredictEndpoint = route.endpoint
         try:
-            response = await endpoint(request, query_flag(request, "include_input"))
+            response = await endpoint(request)
         except ServiceError as exc:
             response = service_error_response(request, exc)
         await response(scope, receive, send)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -104,11 +105,9 @@ class BatchResponse(BaseModel):
                                 "consistent": True,
                                 "model_version": "1.0.0",
                             },
-                            "error": None,
                         },
                         {
                             "index": 1,
-                            "prediction": None,
                             "error": {
                                 "code": "invalid_image",
                                 "message": "the uploaded file is not an image",
@@ -174,7 +173,7 @@ BATCH_FORM = _form(
             "items": _FILE,
             "minItems": 1,
             "title": "Images",
-            "description": "the images, in order",
+            "description": "the images, in order (at most DIGITSUM_MAX_BATCH_IMAGES)",
         },
         "numbers": {
             "type": "array",
@@ -186,6 +185,36 @@ BATCH_FORM = _form(
     },
     "BatchForm",
 )
+# The query parameter of both routes, as FastAPI describes a `bool` Query() parameter; the
+# routes read it themselves (app.forms.query_flag), so that both ways to them run the same code.
+_INCLUDE_INPUT_TEXT = "also return the 28x28 image the model saw, as a base64 PNG"
+INCLUDE_INPUT: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "include_input",
+            "in": "query",
+            "required": False,
+            "schema": {
+                "type": "boolean",
+                "description": _INCLUDE_INPUT_TEXT,
+                "default": False,
+                "title": "Include Input",
+            },
+            "description": _INCLUDE_INPUT_TEXT,
+        }
+    ]
+}
+
+
+def set_batch_limit(openapi: dict[str, Any], max_images: int) -> dict[str, Any]:
+    """`openapi` with the batch form's arrays capped at `max_images` (the service's setting,
+    DIGITSUM_MAX_BATCH_IMAGES), in place; routes are shared by every app, settings are not."""
+    operation = openapi["paths"]["/predict/batch"]["post"]
+    # FastAPI puts the route's openapi_extra (BATCH_FORM) in the schema as it is: copied first.
+    operation["requestBody"] = body = copy.deepcopy(operation["requestBody"])
+    for field in body["content"]["multipart/form-data"]["schema"]["properties"].values():
+        field["maxItems"] = max_images
+    return openapi
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -8,9 +8,9 @@ prepared in the preprocessing pool (app.imaging.prepare_batch) -> app.inference.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic_core import to_json
@@ -24,10 +24,17 @@ from app.errors import (
     error_body,
     request_id_of,
 )
-from app.forms import FormFieldError, read_form
+from app.forms import FormFieldError, query_flag, read_form
 from app.imaging import is_light, png_base64, prepare_batch
 from app.inference import Answer, Upload
-from app.schemas import BATCH_FORM, PREDICT_FORM, BatchResponse, PredictResponse, error_responses
+from app.schemas import (
+    BATCH_FORM,
+    INCLUDE_INPUT,
+    PREDICT_FORM,
+    BatchResponse,
+    PredictResponse,
+    error_responses,
+)
 from app.state import Runtime
 
 router = APIRouter(tags=["predict"])
@@ -36,11 +43,6 @@ router = APIRouter(tags=["predict"])
 def routes() -> list[APIRoute]:
     """This module's routes (app.middleware.PredictFastPath calls their endpoints directly)."""
     return [route for route in router.routes if isinstance(route, APIRoute)]
-
-
-IncludeInput = Annotated[
-    bool, Query(description="also return the 28x28 image the model saw, as a base64 PNG")
-]
 
 
 def _admit(runtime: Runtime, images: int) -> None:
@@ -109,11 +111,12 @@ def _json(body: dict[str, Any]) -> Response:
     response_model=PredictResponse,
     summary="Read the digit in an image and add a number to it",
     responses=error_responses(400, 408, 413, 415, 422, 500, 503),
-    openapi_extra=PREDICT_FORM,
+    openapi_extra={**PREDICT_FORM, **INCLUDE_INPUT},
 )
-async def predict(request: Request, include_input: IncludeInput = False) -> Response:
+async def predict(request: Request) -> Response:
     """Send `image` (a file) and `number` (0..9) as multipart/form-data. The answer's `sum` comes
     from the network's own sum head; `consistent` says whether it equals `digit + number`."""
+    include_input = query_flag(request, "include_input")
     runtime = runtime_of(request)
     form = await read_form(request)
     image, number = form.file("image"), form.number("number")
@@ -132,11 +135,12 @@ async def predict(request: Request, include_input: IncludeInput = False) -> Resp
     response_model=BatchResponse,
     summary="Many images with their numbers in one request, answered in order",
     responses=error_responses(400, 408, 413, 422, 500, 503),
-    openapi_extra=BATCH_FORM,
+    openapi_extra={**BATCH_FORM, **INCLUDE_INPUT},
 )
-async def predict_batch(request: Request, include_input: IncludeInput = False) -> Response:
+async def predict_batch(request: Request) -> Response:
     """Repeat the `images` and `numbers` fields once per pair (at most DIGITSUM_MAX_BATCH_IMAGES).
     A bad image fails only its own entry, which carries its own error."""
+    include_input = query_flag(request, "include_input")
     runtime = runtime_of(request)
     form = await read_form(request)
     images, numbers = form.files("images"), form.numbers("numbers")
