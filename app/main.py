@@ -23,7 +23,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
 from app import __version__
-from app.api.routes import health, metrics, model, page, predict
+from app.api.routes import docs, health, metrics, model, page, predict
 from app.config import Settings, available_cpus, get_settings, torch_threads_for
 from app.errors import ModelLoadError, install_error_handlers
 from app.inference import DynamicBatcher, load_model, resolve_device, warm_up
@@ -160,6 +160,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # /docs and /redoc are ours (app/api/routes/docs.py): assets served here, not a CDN's
+        docs_url=None,
+        redoc_url=None,
         # Metrics are Prometheus (/metrics) and logs are JSON lines; FastAPI's OpenTelemetry
         # hooks would otherwise look up the OTel providers on every request for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -179,6 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (predict.router, health.router, model.router, metrics.router):
         app.include_router(router)
     app.include_router(page.router)
+    app.include_router(docs.router)
     return app
 
 

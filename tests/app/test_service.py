@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -122,3 +123,27 @@ def test_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("DIGITSUM_DEVICE", "gpu")
     with pytest.raises(ValidationError, match="device"):
         Settings()
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_nothing_from_elsewhere(client: TestClient, page: str) -> None:
+    response = client.get(page)
+    assert response.status_code == 200
+    html = response.text
+    assert "http://" not in html
+    assert "https://" not in html  # no CDN, no fonts, no favicon from elsewhere
+    policy = response.headers["content-security-policy"]
+    assert policy.startswith("default-src 'self'; script-src 'self' ")
+    assert "http" not in policy
+    assert "'unsafe-eval'" not in policy
+    assert "script-src 'self' 'unsafe-inline'" not in policy  # inline scripts only by hash
+    for asset in re.findall(r'(?:src|href)="(/docs/assets/[^"]+)"', html):
+        served = client.get(asset)
+        assert served.status_code == 200, asset
+        assert len(served.content) > 100_000  # the real bundle, not a stub
+
+
+def test_unknown_docs_asset_is_404(client: TestClient) -> None:
+    response = client.get("/docs/assets/..%2F..%2Fcore.py")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
