@@ -1,4 +1,4 @@
-"""Run the whole benchmark: model-only, then the three servers side by side under wrk.
+"""Run the whole benchmark: model-only, then ours and its four yardsticks side by side under wrk.
 
     make bench                      # == python -m bench
     python -m bench --quick         # ~1 minute smoke run
@@ -61,8 +61,8 @@ def int_list(text: str) -> list[int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark the service against the framework's limit "
-        "and the usual tutorial implementation, in one run.",
+        description="Benchmark the service against a bare ASGI app, FastAPI's File()/Form() "
+        "endpoint, the usual tutorial implementation and LitServe, in one run.",
     )
     add = parser.add_argument
     add(

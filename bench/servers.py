@@ -1,7 +1,9 @@
-"""The three servers under test, each started as one uvicorn process pinned to the server CPUs.
+"""The servers under test, each started as one server process pinned to the server CPUs.
 
-- limit: bench/empty_app.py, the framework reading the same form and doing nothing else
+- bare: bench/bare_app.py, a bare ASGI app that reads the body and answers a fixed JSON
+- limit: bench/empty_app.py, FastAPI's File()/Form() reading the same form, doing nothing else
 - tutorial: bench/tutorial_app.py, the usual per-request implementation
+- litserve: bench/litserve_app.py, the same checkpoint behind LitServe with its batching
 - ours: `python -m app`, the service exactly as `make serve` starts it
 """
 
@@ -29,7 +31,7 @@ UVICORN_FLAGS = [
     "--log-level",
     "warning",
 ]
-SERVER_NAMES = ("limit", "tutorial", "ours")
+SERVER_NAMES = ("bare", "limit", "tutorial", "litserve", "ours")
 
 
 class ServerError(RuntimeError):
@@ -49,10 +51,24 @@ class ServerSpec:
 
 def server_spec(name: str, python: str, port: int, model_path: Path) -> ServerSpec:
     host = ["--host", "127.0.0.1", "--port", str(port)]
+    if name == "bare":
+        return ServerSpec(
+            name,
+            "bare ASGI app: reads the body, answers a fixed JSON (bench/bare_app.py)",
+            [python, "-m", "uvicorn", "bench.bare_app:app", *host, *UVICORN_FLAGS],
+        )
+    if name == "litserve":
+        return ServerSpec(
+            name,
+            "LitServe 0.2, batches of up to 64 within 5 ms, 1 torch thread (bench/litserve_app.py)",
+            [python, "-m", "bench.litserve_app"],
+            env={"BENCH_PORT": str(port), "DIGITSUM_MODEL_PATH": str(model_path)},
+        )
     if name == "limit":
         return ServerSpec(
             name,
-            "empty async endpoint reading the same form (bench/empty_app.py)",
+            "FastAPI File()/Form() endpoint reading the same form, doing nothing else "
+            "(bench/empty_app.py)",
             [python, "-m", "uvicorn", "bench.empty_app:app", *host, *UVICORN_FLAGS],
             has_batch=True,
         )

@@ -64,10 +64,12 @@ def _row(server: str, connections: int, rps: float, p50: float, errors: int = 0)
 
 def test_bars_hold_and_miss_at_their_thresholds() -> None:
     load = [
+        _row("bare", 64, 40000, 1.0),
         _row("limit", 1, 1300, 0.70),
-        _row("limit", 64, 1500, 40.0),
+        _row("limit", 64, 1000, 40.0),
         _row("tutorial", 1, 280, 3.0),
         _row("tutorial", 64, 300, 200.0),
+        _row("litserve", 64, 240, 250.0),
         _row("ours", 1, 1200, 1.71),
         _row("ours", 64, 1199, 50.0, errors=1),
     ]
@@ -85,8 +87,29 @@ def test_bars_hold_and_miss_at_their_thresholds() -> None:
 
     verdicts = [b["holds"] for b in report.bars(load, batch, model_only, batch_images=64)]
 
-    # 1199/1500 < 0.8; 1199/300 >= 3; one error; +1.01 ms > 1 ms; 3840/6400 = 0.6 exactly.
-    assert verdicts == [False, True, False, False, True]
+    # 1199/1000 < 1.2; 1199/300 >= 3; 1199/240 < 5; one error; +1.01 ms > 1 ms;
+    # 3840/6400 = 0.6 exactly. The bare app has no bar.
+    assert verdicts == [False, True, False, False, False, True]
+    load[2]["requests_per_s"] = 999
+    load[5]["requests_per_s"] = 239
+    assert [b["holds"] for b in report.bars(load, batch, model_only, 64)][:3] == [True] * 3
+
+
+def test_ratios_set_ours_against_every_yardstick_measured() -> None:
+    load = [
+        _row("bare", 64, 40000, 1.0),
+        _row("limit", 64, 4000, 10.0),
+        _row("litserve", 64, 1000, 60.0),
+        _row("ours", 64, 8000, 8.0),
+    ]
+    (row,) = report.ratios(load, [64])
+    assert row == {
+        "connections": 64,
+        "ours_over_bare": 0.2,
+        "ours_over_limit": 2.0,
+        "ours_over_litserve": 8.0,
+        "p50_ours_minus_limit_ms": -2.0,
+    }
 
 
 def test_batch_bar_pairs_each_repeat_with_the_model_only_run_beside_it() -> None:
