@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
+import jsonschema
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
@@ -90,29 +92,66 @@ def test_metrics_count_requests_predictions_and_errors(
     assert after["ready"] == 1
 
 
-def test_openapi_lists_every_endpoint_field_and_error(client: TestClient) -> None:
+Part = tuple[str, tuple[str | None, bytes, str | None]]
+
+
+def _form_from_schema(
+    schema: dict[str, Any], png: bytes, skip: str | None = None, over: int = 0
+) -> list[Part]:
+    """A multipart request built from a documented form schema alone: a file where it says
+    binary, the documented maximum (+ `over`) for an integer; the field `skip` left out. Every
+    part is multipart (filename None for a text field), even when no file is left."""
+    parts: list[Part] = []
+    for name, prop in schema["properties"].items():
+        if name == skip:
+            continue
+        item = prop.get("items", prop)
+        if item.get("format") == "binary" or "contentMediaType" in item:
+            parts.append((name, ("digit.png", png, "image/png")))
+        else:
+            assert item["type"] == "integer", (name, prop)
+            parts.append((name, (None, str(item["maximum"] + over).encode(), None)))
+    return parts
+
+
+def _validate(spec: dict[str, Any], schema: dict[str, Any], instance: object) -> None:
+    """Validate against a schema of the document, its $refs resolved in the document."""
+    jsonschema.Draft202012Validator({**schema, "components": spec["components"]}).validate(instance)
+
+
+def test_openapi_document_matches_what_the_service_does(
+    client: TestClient, mnist_test: Split
+) -> None:
     spec = client.get("/openapi.json").json()
-    paths = spec["paths"]
-    for path in (
-        "/predict",
-        "/predict/batch",
-        "/health/live",
-        "/health/ready",
-        "/model",
-        "/metrics",
-    ):
-        assert path in paths, path
-    predict = paths["/predict"]["post"]
-    form = predict["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert set(form["required"]) == {"image", "number"}
-    image = form["properties"]["image"]
-    assert image.get("format") == "binary" or image.get("contentMediaType")  # a file picker
-    for status in ("200", "400", "413", "415", "422", "500", "503"):
-        assert status in predict["responses"], status
-    error_ref = predict["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
-    assert error_ref.endswith("/ErrorResponse")
-    assert spec["components"]["schemas"]["PredictResponse"]["examples"]
-    assert client.get("/docs").status_code == 200
+    png = mnist_png(mnist_test.images[0])
+    for path, operations in spec["paths"].items():
+        for method in operations:
+            # each documented operation exists: any answer but "no such route" or "not allowed"
+            answer = client.request(method.upper(), path)
+            assert answer.status_code not in (404, 405), (method, path, answer.text)
+        for method in {"get", "post", "put", "delete"} - set(operations):
+            assert client.request(method.upper(), path).status_code == 405, (method, path)
+    for path in ("/predict", "/predict/batch"):
+        operation = spec["paths"][path]["post"]
+        form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+        if "$ref" in form:
+            form = spec["components"]["schemas"][form["$ref"].rsplit("/", 1)[1]]
+        answer = client.post(path, files=_form_from_schema(form, png))
+        assert answer.status_code == 200, answer.text
+        _validate(
+            spec,
+            operation["responses"]["200"]["content"]["application/json"]["schema"],
+            answer.json(),
+        )
+        for field in form["required"]:  # each required field is required
+            answer = client.post(path, files=_form_from_schema(form, png, skip=field))
+            assert answer.status_code == 422, (path, field, answer.text)
+            assert answer.json()["error"]["field"] == field
+            error_schema = operation["responses"]["422"]["content"]["application/json"]["schema"]
+            _validate(spec, error_schema, answer.json())
+        # the documented maximum of the numbers is the real one
+        answer = client.post(path, files=_form_from_schema(form, png, over=1))
+        assert answer.status_code == 422, (path, answer.text)
 
 
 def test_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
