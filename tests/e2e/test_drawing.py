@@ -162,7 +162,6 @@ def test_required_style_is_read(answers: list[Answer], digit: int, style: str) -
     assert misses == [], f"{len(misses)} of {len(of_style)} drawings of a {digit} ({style}) misread"
 
 
-@pytest.mark.xfail(strict=False, reason="needs the model with a not-a-digit head")
 @pytest.mark.parametrize("shape", list(NOT_DIGITS))
 def test_shape_that_is_not_a_digit_is_told_so(page: Page, artifacts_dir: Path, shape: str) -> None:
     page.goto("/")
