@@ -62,11 +62,12 @@ def test_metrics_of_two_workers_are_summed_on_every_scrape(tmp_path: Path, digit
             assert response.status_code == 200
             return response.text
 
-        # start() waited for one worker; digitsum_ready is the least over the workers (livemin)
+        # wait_ready saw one worker ready; each logs "ready" once its model is warm
         deadline = time.monotonic() + WORKERS_START_TIMEOUT_S
-        while value(before := scrape(), "digitsum_ready") != 1:
+        while server.log_text().count('"message": "ready"') < 2:
             assert time.monotonic() < deadline, "the second worker never got ready"
             time.sleep(0.2)
+        before = scrape()
 
         def predict(_: int) -> int:
             return httpx.post(
@@ -88,8 +89,7 @@ def test_metrics_of_two_workers_are_summed_on_every_scrape(tmp_path: Path, digit
                 before, "digitsum_predictions_total", label
             )
             assert (served, predicted) == (requests, requests)
-            assert value(after, "digitsum_ready") == 1  # both workers ready (livemin)
-            assert value(after, "digitsum_queue_depth") == 0
+            assert value(after, "digitsum_ready") == 1  # the least over both workers (livemin)
     finally:
         live_server.ensure_stopped(server)
     assert server.process.returncode == 0
