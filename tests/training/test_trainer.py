@@ -75,11 +75,13 @@ def test_smoke_training_exports_a_checkpoint_that_matches_the_eager_model(
     eager = DigitSumNet(
         ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["model"].items()})
     )
+    # The export is the weight average of the epoch that scored best on validation, with the
+    # temperatures fitted after training.
     state = torch.load(tmp_path / "state.pt", weights_only=False)
-    ema_weights = {
-        k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")
-    }
-    eager.load_state_dict(ema_weights)
+    assert card["selection"]["epoch"] == state["best"]["epoch"]
+    eager.load_state_dict(state["best"]["ema"])
+    eager.digit_temperature.fill_(card["calibration"]["digit_temperature"])
+    eager.sum_temperature.fill_(card["calibration"]["sum_temperature"])
     eager.eval()
     image, number = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
     with torch.inference_mode():
@@ -123,7 +125,7 @@ def test_run_killed_mid_epoch_leaves_outputs_untouched_and_resumes(
     real_epoch = train_module.train_one_epoch
 
     def killed_in_epoch_2(*args: Any, **kwargs: Any) -> float:
-        if args[6] == 2:  # epoch
+        if args[7] == 2:  # epoch
             raise KeyboardInterrupt  # what Ctrl-C or a SIGINT does mid-epoch
         return real_epoch(*args, **kwargs)
 
