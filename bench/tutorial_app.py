@@ -40,7 +40,8 @@ def predict(
     img = Image.open(io.BytesIO(image.file.read())).convert("L").resize((28, 28))
     x = to_tensor(img).unsqueeze(0)  # (1, 1, 28, 28)
     with torch.no_grad():
-        digit_logits, sum_logits = model(x, torch.tensor([number]))
+        outputs = model(x, torch.tensor([number]))  # digit and sum logits first, then any others
+    digit_logits, sum_logits = outputs[0], outputs[1]
     digit_probs = torch.softmax(digit_logits, dim=1)[0]
     sum_probs = torch.softmax(sum_logits, dim=1)[0]
     digit = int(digit_probs.argmax())
