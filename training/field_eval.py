@@ -27,6 +27,7 @@ from app.config import DEFAULT_MAX_IMAGE_PIXELS
 from app.errors import NoDigit, ServiceError
 from app.imaging import prepare_image
 from app.inference import LoadedModel, load_model
+from training.calibrate import expected_calibration_error
 
 BATCH = 256
 
@@ -83,6 +84,9 @@ class FieldReport:
     families: list[Row] = field(default_factory=list)
     negatives: list[Row] = field(default_factory=list)
     blank_by_scene: list[Row] = field(default_factory=list)
+    # Expected calibration error of digit_confidence over the digits that were read (15 bins):
+    # does a confidence of 0.9 mean nine in ten right on photos too?
+    digit_ece: float | None = None
     outcomes: list[Outcome] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
@@ -197,6 +201,15 @@ def report(outcomes: list[Outcome], split: str, model: str) -> FieldReport:
     for name, group in families.items():
         by_family[name.split(":")[0]].extend(group)
     blanks = _grouped([o for o in negatives if o.kind == "blank"], "scene")
+    read = [o for o in digits if o.answer == "read" and o.digit_confidence is not None]
+    ece = (
+        expected_calibration_error(
+            torch.tensor([float(o.digit_confidence or 0.0) for o in read]),
+            torch.tensor([o.digit_right for o in read]),
+        )
+        if read
+        else None
+    )
     return FieldReport(
         split=split,
         model=model,
@@ -206,6 +219,7 @@ def report(outcomes: list[Outcome], split: str, model: str) -> FieldReport:
         negatives=[_negative_row(k, g) for k, g in sorted(_grouped(negatives, "kind").items())]
         + ([_negative_row("all", negatives)] if negatives else []),
         blank_by_scene=[_negative_row(s, g) for s, g in sorted(blanks.items())],
+        digit_ece=ece,
         outcomes=outcomes,
     )
 
@@ -225,6 +239,9 @@ def format_report(rep: FieldReport) -> str:
             f"| {name} | {r.n} | {r.digit_accuracy:.1f} | {r.sum_accuracy:.1f} "
             f"| {r.refused:.1f} | {r.errors:.1f} |"
         )
+    if rep.digit_ece is not None:
+        lines += ["", f"Expected calibration error of digit_confidence on the digits read: "
+                  f"{100 * rep.digit_ece:.1f} % (15 bins)"]  # fmt: skip
     lines += ["", "| negatives: kind | n | refused as no_digit % | error or crash % |"]
     lines += ["|---|---|---|---|"]
     lines += [f"| {r.name} | {r.n} | {r.refused:.1f} | {r.errors:.1f} |" for r in rep.negatives]
