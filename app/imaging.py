@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from app import metrics
-from app.errors import ImageTooLarge, InvalidImage, ServiceError, UnsupportedFormat
+from app import ink, metrics
+from app.errors import ImageTooLarge, InvalidImage, NoDigit, ServiceError, UnsupportedFormat
 
 # Pillow's names for the formats we decode. HEIF is what iPhones save (HEIC), read by
 # pillow-heif (libheif); AVIF is read by Pillow's own plugin (libavif, in its wheels).
@@ -61,9 +61,8 @@ _OTHER_IMAGE_SIGNATURES = (
 SIZE = 28  # the model's input side
 BOX = 20  # MNIST scales each digit to fit this box
 CENTRE = 14.0  # where MNIST puts a digit's centre of mass (row, column)
-NOISE_FLOOR = 0.15  # after the paper is removed, fainter pixels of a photo are noise, not ink
-WORK_SIDE = 1024  # larger images are shrunk to this side before any per-pixel float work
-DRAFT_SIDE = 768  # JPEGs larger than this are decoded at reduced scale, but not below it
+WORK_SIDE = 512  # larger images are shrunk to this side before any per-pixel float work
+DRAFT_SIDE = 480  # JPEGs larger than this are decoded at reduced scale, but not below it
 
 
 @dataclass(frozen=True)
@@ -284,25 +283,15 @@ def _composite(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return flat
 
 
-def _otsu_threshold(grey: np.ndarray) -> float:
-    """Otsu's threshold of grey levels in [0, 1]: the split that best separates two classes."""
-    hist = np.bincount((grey * 255).astype(np.int64).ravel(), minlength=256).astype(np.float64)
-    levels = np.arange(256, dtype=np.float64)
-    weight = np.cumsum(hist)
-    mean = np.cumsum(hist * levels)
-    total, total_mean = weight[-1], mean[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (total_mean * weight - mean * total) ** 2 / (weight * (total - weight))
-    return float(np.nanargmax(between[:-1])) / 255.0
-
-
 def _to_white_on_black(grey: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Invert dark-on-light images and remove the paper; returns (image, inverted).
+    """White ink on black, as MNIST has it; returns (image, inverted).
 
-    An image whose border is mostly exact black (MNIST itself, a clean drawing) is left as it is.
-    Otherwise the paper's level is found from Otsu's split between paper and ink, subtracted
-    (with three standard deviations of the paper's noise and shading), the ink is stretched to
-    full white, and faint leftovers are cleared so that they don't widen the crop.
+    An image whose border is mostly exact black (MNIST itself, a clean drawing) is left as it
+    is, and so is one mostly exact white once inverted (a drawing on a white pad). Anything
+    else is a photo: its ink is found by app.ink (lighting flattened, ruling lines, specks and
+    page edges removed, the digit chosen among what is left), which raises NoDigit when it
+    finds none. Dark ink on light paper is the usual case; light ink on a dark canvas (a
+    drawing app's dark mode, chalk) is inverted first.
     """
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     half = border.size / 2
@@ -312,15 +301,7 @@ def _to_white_on_black(grey: np.ndarray) -> tuple[np.ndarray, bool]:
         border = 1.0 - border
     if np.count_nonzero(border) < half:  # median 0: a synthetic background, nothing to remove
         return grey, inverted
-    split = _otsu_threshold(grey)
-    paper = grey[grey <= split]
-    floor = min(split, float(paper.mean() + 3 * paper.std())) if paper.size else split
-    peak = float(grey.max())
-    if peak <= floor:
-        return np.zeros_like(grey), inverted
-    grey = np.clip((grey - floor) / (peak - floor), 0.0, 1.0)
-    grey[grey < NOISE_FLOOR] = 0.0
-    return grey, inverted
+    return ink.digit_ink(1.0 - grey).pixels, inverted
 
 
 def frame_like_mnist(grey: np.ndarray) -> np.ndarray:
@@ -361,7 +342,14 @@ def prepare_image(data: bytes, max_pixels: int) -> PreparedImage:
     if alpha is not None:
         grey = _composite(grey, alpha)
     grey, inverted = _to_white_on_black(grey)
-    return PreparedImage(frame_like_mnist(grey), source_format, source_size, inverted)
+    pixels = frame_like_mnist(grey)
+    if not pixels.any():
+        raise _blank()
+    return PreparedImage(pixels, source_format, source_size, inverted)
+
+
+def _blank() -> NoDigit:
+    return NoDigit("I don't see a digit in this image: it looks blank", field="image")
 
 
 # Small PNGs (MNIST's own 28x28 digits, a client's thumbnails) are decoded inside the model's
@@ -413,7 +401,15 @@ def prepare_batch(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | Serv
         for (i, _), ready, pixels in zip(
             candidates, _already_like_mnist(stack), floats, strict=True
         ):
-            out[i] = pixels if ready else frame_like_mnist(_to_white_on_black(pixels)[0])
+            if ready:
+                out[i] = pixels if pixels.any() else _blank()
+                continue
+            try:
+                framed = frame_like_mnist(_to_white_on_black(pixels)[0])
+            except ServiceError as exc:
+                out[i] = exc
+            else:
+                out[i] = framed if framed.any() else _blank()
     metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - started)
     return out
 

@@ -73,7 +73,7 @@ def test_phone_formats_give_the_digit(client: TestClient, mnist_test: Split, fmt
 @pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
 def test_oversized_phone_format_header_is_refused_before_decoding(fmt: str) -> None:
     small = encode(Image.new("RGB", (64, 64), "white"), fmt)
-    assert imaging.prepare_image(small, DEFAULT_MAX_IMAGE_PIXELS).source_size == (64, 64)
+    assert imaging.open_image(small, DEFAULT_MAX_IMAGE_PIXELS).size == (64, 64)
     # The coded image claims 8000x8000 pixels while the data holds 64x64: decoding it would
     # fail (InvalidImage), so ImageTooLarge shows that the header was refused first.
     with pytest.raises(ImageTooLarge, match="8000x8000"):
@@ -103,9 +103,10 @@ def test_twelve_megapixel_jpeg_is_decoded_at_reduced_scale() -> None:
     image, source_size = imaging._decode(
         data, DEFAULT_MAX_IMAGE_PIXELS, draft_side=imaging.DRAFT_SIDE
     )
-    # A quarter of each side: the smallest DCT scale whose longer side is >= DRAFT_SIDE.
+    # The smallest DCT scale whose longer side is >= DRAFT_SIDE: an eighth of each side.
+    assert imaging.DRAFT_SIDE <= 504
     assert source_size == (4032, 3024)
-    assert image.size == (1008, 756)
+    assert image.size == (504, 378)
     prepared = imaging.prepare_image(data, DEFAULT_MAX_IMAGE_PIXELS)
     assert prepared.source_size == (4032, 3024)
     assert prepared.pixels.max() > 0.5

@@ -1,0 +1,124 @@
+"""Photos of paper: lines, light, pencil, dark canvases and pages with no digit (app/ink.py
+through app.imaging.prepare_image)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from app.config import DEFAULT_MAX_IMAGE_PIXELS
+from app.errors import NoDigit
+from app.imaging import prepare_image
+from tests.imagegen import encode
+from training.data import Split
+
+SIDE = 360
+
+
+def _scene(
+    digit: torch.Tensor | None,
+    *,
+    paper: float = 215.0,
+    ink: tuple[float, float, float] = (30.0, 30.0, 45.0),
+    ruled: bool = False,
+    grid: bool = False,
+    shadow: bool = False,
+    seed: int = 0,
+) -> bytes:
+    """An RGB JPEG of a MNIST digit written 150 pixels tall on a page."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(SIDE, dtype=np.float32)[:, None]
+    cols = np.arange(SIDE, dtype=np.float32)[None, :]
+    page = np.full((SIDE, SIDE), paper, np.float32) + 15 * (cols / SIDE - 0.5)
+    if shadow:  # a soft shadow over the lower left, as a hand or a phone casts
+        page *= 1 - 0.45 * np.clip(1 - np.hypot(rows - SIDE, cols) / (0.8 * SIDE), 0, 1)
+    rgb = np.repeat(page[..., None], 3, axis=2) * np.array([1.0, 0.98, 0.93], np.float32)
+    blue, red = np.array([140.0, 175.0, 225.0]), np.array([225.0, 120.0, 130.0])
+    if ruled or grid:
+        for y in range(12, SIDE, 24):
+            rgb[y : y + 2] = 0.4 * rgb[y : y + 2] + 0.6 * blue
+    if grid:
+        for x in range(12, SIDE, 24):
+            rgb[:, x : x + 2] = 0.4 * rgb[:, x : x + 2] + 0.6 * blue
+    if ruled:
+        rgb[:, 40:42] = 0.4 * rgb[:, 40:42] + 0.6 * red
+    if digit is not None:
+        glyph = Image.fromarray((digit[0].numpy() * 255).astype(np.uint8)).resize((210, 210))
+        alpha = np.asarray(glyph, np.float32)[..., None] / 255.0
+        region = rgb[80:290, 90:300]
+        rgb[80:290, 90:300] = region * (1 - alpha) + np.array(ink, np.float32) * alpha
+    rgb += rng.normal(0, 3, rgb.shape).astype(np.float32)
+    image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(0.7)
+    )
+    return encode(image, "JPEG", quality=88)
+
+
+def _similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two 28x28 inputs, each blurred a little (a pixel's shift is fine)."""
+    a, b = (cv2.GaussianBlur(x, (5, 5), 1.0) for x in (a, b))
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+@pytest.mark.parametrize(
+    "scene",
+    [
+        {"ruled": True},
+        {"grid": True},
+        {"shadow": True},
+        {"ink": (150.0, 150.0, 150.0)},  # pencil: grey on grey
+        {"ink": (40.0, 60.0, 170.0), "ruled": True},  # blue ballpoint on lined paper
+    ],
+    ids=["ruled", "grid", "shadow", "pencil", "ballpoint-on-ruled"],
+)
+def test_digit_on_a_page_looks_like_the_digit_alone(
+    mnist_test: Split, scene: dict[str, object]
+) -> None:
+    for i in range(5):
+        digit = mnist_test.images[i]
+        alone = prepare_image(_scene(digit), DEFAULT_MAX_IMAGE_PIXELS).pixels
+        on_page = prepare_image(_scene(digit, **scene), DEFAULT_MAX_IMAGE_PIXELS).pixels  # type: ignore[arg-type]
+        assert _similarity(alone, on_page) > 0.9, i
+        # No line runs across the 28x28 input: every row and column has gaps.
+        assert ((on_page > 0.3).sum(axis=1) < 24).all()
+        assert ((on_page > 0.3).sum(axis=0) < 24).all()
+
+
+def test_light_ink_on_a_dark_canvas_is_read_like_dark_ink(mnist_test: Split) -> None:
+    digit = mnist_test.images[4]
+    dark_ink = prepare_image(_scene(digit), DEFAULT_MAX_IMAGE_PIXELS)
+    light_ink = prepare_image(
+        _scene(digit, paper=45.0, ink=(235.0, 235.0, 235.0)), DEFAULT_MAX_IMAGE_PIXELS
+    )
+    assert dark_ink.inverted
+    assert not light_ink.inverted
+    assert _similarity(dark_ink.pixels, light_ink.pixels) > 0.9
+
+
+@pytest.mark.parametrize(
+    ("scene", "message"),
+    [
+        ({}, "blank"),
+        ({"shadow": True}, "blank"),
+        ({"ruled": True}, "ruling lines"),
+        ({"grid": True}, "ruling lines"),
+    ],
+)
+def test_page_without_a_digit_is_no_digit(scene: dict[str, object], message: str) -> None:
+    with pytest.raises(NoDigit, match=message):
+        prepare_image(_scene(None, **scene), DEFAULT_MAX_IMAGE_PIXELS)  # type: ignore[arg-type]
+
+
+def test_noise_and_specks_are_no_digit() -> None:
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    with pytest.raises(NoDigit, match="noise"):
+        prepare_image(encode(Image.fromarray(noise)), DEFAULT_MAX_IMAGE_PIXELS)
+    page = np.full((300, 400), 210, np.uint8)
+    for y, x in rng.integers(10, 290, (12, 2)):
+        page[y : y + 2, x : x + 2] = 40  # dust
+    with pytest.raises(NoDigit, match="specks"):
+        prepare_image(encode(Image.fromarray(page), "JPEG"), DEFAULT_MAX_IMAGE_PIXELS)
