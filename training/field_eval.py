@@ -121,6 +121,7 @@ def run(
         for (outcome, _), pred in zip(pending, model.predict(images, addends), strict=True):
             if getattr(pred, "no_digit", False):
                 outcome.answer = "no_digit"
+                outcome.error = "the model: not a digit"
             else:
                 outcome.answer = "read"
             outcome.digit, outcome.sum = int(pred.digit), int(pred.sum)
@@ -141,8 +142,9 @@ def run(
         outcomes.append(outcome)
         try:
             prepared = prepare_image((split_dir / outcome.file).read_bytes(), max_pixels)
-        except NoDigit:
+        except NoDigit as exc:
             outcome.answer = "no_digit"
+            outcome.error = f"the pipeline: {exc}"
             continue
         except ServiceError as exc:
             outcome.error = f"{type(exc).__name__}: {exc}"
