@@ -61,6 +61,9 @@ _OTHER_IMAGE_SIGNATURES = (
 SIZE = 28  # the model's input side
 BOX = 20  # MNIST scales each digit to fit this box
 CENTRE = 14.0  # where MNIST puts a digit's centre of mass (row, column)
+# Ink fainter than this is cleared from a synthetic glyph's coverage (training/synthetic.py), as
+# the service's old paper path cleared it from photos.
+NOISE_FLOOR = 0.15
 WORK_SIDE = 512  # larger images are shrunk to this side before any per-pixel float work
 DRAFT_SIDE = 480  # JPEGs larger than this are decoded at reduced scale, but not below it
 
@@ -296,12 +299,15 @@ def _to_white_on_black(grey: np.ndarray) -> tuple[np.ndarray, bool]:
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     half = border.size / 2
     inverted = bool(np.count_nonzero(border > 0.5) > half)  # the border's median is light
-    if inverted:
-        grey = 1.0 - grey
-        border = 1.0 - border
-    if np.count_nonzero(border) < half:  # median 0: a synthetic background, nothing to remove
-        return grey, inverted
-    return ink.digit_ink(1.0 - grey).pixels, inverted
+    flipped = 1.0 - border if inverted else border
+    if np.count_nonzero(flipped) < half:  # median 0: a synthetic background, nothing to remove
+        return (1.0 - grey if inverted else grey), inverted
+    # A photo: which way round the ink is, the middle of the picture says (where the digit's
+    # paper is; the border may be a dark desk around a white page).
+    height, width = grey.shape
+    middle = grey[height // 4 : height - height // 4, width // 4 : width - width // 4]
+    inverted = float(np.median(middle)) > 0.5
+    return ink.digit_ink(grey if inverted else 1.0 - grey).pixels, inverted
 
 
 def frame_like_mnist(grey: np.ndarray) -> np.ndarray:
