@@ -44,6 +44,7 @@ INK_FLOOR = 0.1  # and at least this much darker than the paper (a tenth of its 
 NOISY = 0.12  # a robust spread of the flattened image above this: noise or texture, no page
 LINE_SPAN = 0.75  # a ruling line runs across at least this share of the image
 LINE_INK_RATIO = 1.6  # ink on a line this much darker than the line is a pen stroke
+EDGE_SPAN = 0.4  # a component touching the border and longer than this share is the page's edge
 SPECK = 0.0004  # components under this share of the image's area are specks
 MIN_DIGIT_SIDE = 0.04  # the digit's larger side is at least this share of the image's
 PIECE_REACH = 0.35  # pieces within this share of the digit's size around it are its own
@@ -124,22 +125,23 @@ def _robust_spread(ink: np.ndarray) -> float:
 def _remove_lines(mask: np.ndarray, faint: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, int]:
     """`mask` without the ruling lines (horizontal and vertical) found in `faint`, the
     strokes that crossed them or ran along them restored; and how many lines were removed."""
-    removed = np.zeros_like(mask)
+    level = np.zeros(mask.shape, np.float32)  # each line's own ink level, 0 off the lines
     count = 0
     for horizontal in (True, False):
-        lines = _line_mask(faint if horizontal else np.ascontiguousarray(faint.T))
+        if horizontal:
+            lines = _line_mask(faint, ink)
+        else:
+            lines = _line_mask(np.ascontiguousarray(faint.T), np.ascontiguousarray(ink.T))
         if lines is None:
             continue
-        line_mask, found = lines
-        removed |= line_mask if horizontal else line_mask.T
+        line_level, found = lines
+        np.maximum(level, line_level if horizontal else line_level.T, out=level)
         count += found
     if not count:
         return mask, 0
     # A pen stroke along a line (a 7's bar) is darker than the printed line: it stays.
-    on_lines = removed.astype(bool)
-    line_level = float(np.median(ink[on_lines & faint.astype(bool)]))
-    darker = (ink > max(LINE_INK_RATIO * line_level, line_level + 0.15)).astype(np.uint8)
-    removed &= 1 - darker
+    darker = ink > np.maximum(LINE_INK_RATIO * level, level + 0.15)
+    removed = ((level > 0) & ~darker).astype(np.uint8)
     kept = mask & ~removed
     # A stroke crossing a line continues on both sides: close the gaps across each line.
     across = np.maximum(
@@ -149,9 +151,9 @@ def _remove_lines(mask: np.ndarray, faint: np.ndarray, ink: np.ndarray) -> tuple
     return kept | (across & removed & mask), count
 
 
-def _line_mask(mask: np.ndarray) -> tuple[np.ndarray, int] | None:
+def _line_mask(mask: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, int] | None:
     """Horizontal lines of `mask` (rows), each fitted and drawn across the whole width with a
-    margin; None if there are none."""
+    margin, valued with its median ink; None if there are none."""
     height, width = mask.shape
     # A line across the page puts that much ink in some band of 8 rows, even tilted across a
     # few bands; photos without lines mostly have no such band, and skip the opening.
@@ -166,27 +168,28 @@ def _line_mask(mask: np.ndarray) -> tuple[np.ndarray, int] | None:
     if not opened.any():
         return None
     count, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
-    lines: list[tuple[float, float, int, int]] = []  # slope, intercept, thickness, span
+    lines: list[tuple[float, float, int, int, float]] = []  # slope, intercept, thickness, span, ink
     for label in range(1, count):
         x, y, w, h, area = stats[label]
         if w < width * LINE_SPAN or h > max(6, height // 6):
             continue
         ys, xs = np.nonzero(labels[y : y + h, x : x + w] == label)
         slope, intercept = _fit_line(xs + x, ys + y)
-        lines.append((slope, intercept, max(1, round(area / w)), int(w)))
+        level = float(np.median(ink[ys + y, xs + x]))
+        lines.append((slope, intercept, max(1, round(area / w)), int(w), level))
     if len(lines) == 1:
         # One long straight stroke alone may be the digit itself (a 1, a 7's stem in a close
         # crop); a lone ruling line (a margin line, the last line of a page) runs edge to edge
         # or lies away from the middle, where nobody writes the digit they photograph.
-        slope, intercept, _, span = lines[0]
+        slope, intercept, _, span, _ = lines[0]
         middle = slope * width / 2 + intercept
         if span < 0.95 * width and abs(middle - height / 2) < 0.2 * height:
             return None
-    out = np.zeros((height, width), np.uint8)
-    for slope, intercept, thickness, _ in lines:
+    out = np.zeros((height, width), np.float32)
+    for slope, intercept, thickness, _, level in lines:
         ends = [(0, intercept), (width - 1, slope * (width - 1) + intercept)]
         p0, p1 = ((round(a), round(float(b))) for a, b in ends)
-        cv2.line(out, p0, p1, 1, thickness + 2)
+        cv2.line(out, p0, p1, max(level, 1e-3), thickness + 2)
     return (out, len(lines)) if lines else None
 
 
@@ -218,6 +221,10 @@ def _choose_digit(mask: np.ndarray) -> np.ndarray | None:
     if not big_enough.any():
         return None
     touches = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    # Along the border and long: a page's edge, the desk, a shadow's rim; never the digit.
+    big_enough &= ~(touches & ((w > EDGE_SPAN * width) | (h > EDGE_SPAN * height)))
+    if not big_enough.any():
+        return None
     dx = (centroids[1:, 0] - width / 2) / width
     dy = (centroids[1:, 1] - height / 2) / height
     score = areas * np.exp(-4.0 * (dx**2 + dy**2)) * np.where(touches, 0.15, 1.0) * big_enough
