@@ -220,9 +220,11 @@ def _choose_digit(mask: np.ndarray) -> np.ndarray | None:
     big_enough = areas >= SPECK * height * width
     if not big_enough.any():
         return None
-    touches = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
-    # Along the border and long: a page's edge, the desk, a shadow's rim; never the digit.
-    big_enough &= ~(touches & ((w > EDGE_SPAN * width) | (h > EDGE_SPAN * height)))
+    sides = (x == 0).astype(int) + (y == 0) + (x + w == width) + (y + h == height)
+    touches = sides > 0
+    # From one side of the picture to another, and long: a page's edge, the desk, a shadow's
+    # rim; never the digit (a digit cut by the frame touches one side).
+    big_enough &= ~((sides >= 2) & ((w > EDGE_SPAN * width) | (h > EDGE_SPAN * height)))
     if not big_enough.any():
         return None
     dx = (centroids[1:, 0] - width / 2) / width
