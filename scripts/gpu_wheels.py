@@ -13,7 +13,8 @@ extra: progress bar, plots, the fonts of the synthetic glyphs) and what the chec
 versions installed here. What is not carried:
 DEVICE_ROOTS and everything they require, which the device image holds (its versions, not
 ours): torch and torchvision with the CUDA libraries, and the large binary packages numpy,
-pillow, matplotlib and uvloop (together about 45 MB as wheels). The rehearsal
+pillow, matplotlib, uvloop and opencv-python-headless (together about 100 MB as wheels; the
+device's package list, .library/device/KINDS.md, names each). The rehearsal
 (scripts/gpu_rehearsal.sh) installs the stand-in list (`--device`) into its venv in their place.
 typing-extensions is carried although torch requires it: pydantic needs a recent one. Not
 carried either (NOT_CARRIED): what the service imports only on first use and the check never
@@ -34,7 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lock_requirements import _wanted  # the lock's marker rules, one copy
 
 CHECK_ROOTS = ("digitsum[train]", "pytest", "pytest-timeout", "httpx")
-DEVICE_ROOTS = ("torch", "torchvision", "numpy", "pillow", "matplotlib", "uvloop")
+DEVICE_ROOTS = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "pillow",
+    "matplotlib",
+    "uvloop",
+    "opencv-python-headless",  # the photo pipeline (app/ink.py); its wheel alone is 55 MB
+)
 ALWAYS_CARRIED = frozenset({"typing-extensions"})
 NOT_CARRIED = frozenset(
     {
