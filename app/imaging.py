@@ -211,7 +211,10 @@ def _decode(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image,
             image.seek(0)  # first frame of an animation
             if draft_side and max(width, height) > draft_side:
                 scale = draft_side / max(width, height)
-                image.draft(image.mode, (max(1, int(width * scale)), max(1, int(height * scale))))
+                # Grey straight from the DCT (the pipeline reads luminance only): no colour
+                # conversion, no chroma upsampling.
+                mode = "L" if image.mode in ("RGB", "L") else image.mode
+                image.draft(mode, (max(1, int(width * scale)), max(1, int(height * scale))))
             image.load()
     except (ImageTooLarge, UnsupportedFormat):
         raise
