@@ -24,10 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from PIL import Image
 
 from tests.conftest import REPO_ROOT
-from tests.imagegen import encode
+from tests.imagegen import largest_drawing_png
 from tests.reliability import live_server
 from tests.reliability.conftest import Digit, assert_error
 
@@ -220,7 +219,7 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones(
             target=lambda: slow_answer.append(_slow_upload(server.port, body, head, 3, 0.6))
         )
         # And one being decoded when the signal comes: 25 Mpx take about half a second.
-        big = encode(Image.new("RGBA", (4999, 4999)), "PNG", optimize=True)
+        big = largest_drawing_png()
         big_answer: list[int] = []
         decoding = threading.Thread(
             target=lambda: big_answer.append(

@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 
 from app.imaging import prepare_image
-from tests.imagegen import encode, mnist_pil
+from tests.imagegen import encode, largest_drawing_png, mnist_pil
 from tests.reliability import live_server
 from tests.reliability.conftest import Digit, assert_error, assert_predicts
 from training.data import Split
@@ -512,7 +512,7 @@ def test_largest_allowed_image_is_answered_within_bounds(
 ) -> None:
     """5000x5000 RGBA (25 Mpx, just under DIGITSUM_MAX_IMAGE_PIXELS) in a ~100 kB PNG: decoded,
     then shrunk before the float work, so its peak stays a few hundred MB, not ~750 MB."""
-    data = encode(Image.new("RGBA", (4999, 4999)), "PNG", optimize=True)
+    data = largest_drawing_png()
     assert len(data) < 200_000
     peak_before = _vm_hwm(server.pid)
     started = time.perf_counter()
@@ -529,7 +529,7 @@ def test_largest_allowed_image_is_answered_within_bounds(
 def test_preprocessing_a_25_mpx_image_allocates_little() -> None:
     """In-process, the numpy side of preprocessing (traced by tracemalloc) stays at a few MB for
     the largest image allowed; before images were shrunk first it was about 500 MB."""
-    data = encode(Image.new("RGBA", (4999, 4999)), "PNG", optimize=True)
+    data = largest_drawing_png()
     tracemalloc.start()
     try:
         prepare_image(data, 25_000_000)
