@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lock_requirements import _wanted  # the lock's marker rules, one copy
+from lock_requirements import closure as requirement_closure  # the lock's rules, one copy
 
 CHECK_ROOTS = ("digitsum[train]", "pytest", "pytest-timeout", "httpx")
 DEVICE_ROOTS = (
@@ -54,24 +52,7 @@ NOT_CARRIED = frozenset(
 
 def closure(roots: tuple[str, ...]) -> dict[str, str]:
     """{canonical name: installed version} of `roots` and everything they require."""
-    found: dict[str, str] = {}
-    seen: set[tuple[str, frozenset[str]]] = set()
-    pending = [Requirement(root) for root in roots]
-    while pending:
-        requirement = pending.pop()
-        key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            dist = distribution(requirement.name)
-        except PackageNotFoundError:
-            raise SystemExit(f"{requirement.name} is required but not installed") from None
-        found[key[0]] = dist.version
-        pending.extend(
-            r for r in map(Requirement, dist.requires or []) if _wanted(r, set(requirement.extras))
-        )
-    return found
+    return requirement_closure(Requirement(root) for root in roots)
 
 
 def carried() -> dict[str, str]:

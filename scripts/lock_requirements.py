@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
@@ -30,9 +31,16 @@ def _wanted(requirement: Requirement, extras: set[str]) -> bool:
 
 def locked(root: str = ROOT) -> dict[str, str]:
     """{canonical name: installed version} of the closure of `root`'s plain dependencies."""
+    plain = map(Requirement, distribution(root).requires or [])
+    return closure(r for r in plain if _wanted(r, set()))
+
+
+def closure(requirements: Iterable[Requirement]) -> dict[str, str]:
+    """{canonical name: installed version} of `requirements` and everything they require, with
+    the extras each asks for (the lock's marker rules, _wanted)."""
     found: dict[str, str] = {}
     seen: set[tuple[str, frozenset[str]]] = set()
-    pending = [r for r in map(Requirement, distribution(root).requires or []) if _wanted(r, set())]
+    pending = list(requirements)
     while pending:
         requirement = pending.pop()
         key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
