@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import MODEL_PATH, TEST_DATA_DIR
+from tests.conftest import MODEL_PATH, TEST_DATA_DIR, require_heldout_fonts
 from training import field_eval, fieldset, glyphs, scenes
 
 SAMPLE = TEST_DATA_DIR / "field"
@@ -44,6 +44,7 @@ def test_negatives_without_paper_make_decodable_files() -> None:
 def test_the_committed_sample_is_what_the_script_makes(tmp_path: Path) -> None:
     # The sample was made by `python -m training.fieldset --out tests/data/field --count 30
     # --max-side 112`; remaking a few of its files gives the same bytes.
+    require_heldout_fonts()
     for split in glyphs.SPLITS:
         rows = _manifest(split)
         items = fieldset.plan(split, 30, 0)

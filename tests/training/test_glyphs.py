@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import require_heldout_fonts
 from training import glyphs
 
 
 @pytest.mark.parametrize("split", glyphs.SPLITS)
 def test_every_digit_of_every_source_renders_ink_in_range(split: str) -> None:
+    if split == "heldout":
+        require_heldout_fonts()
     rng = np.random.default_rng(0)
     for source in glyphs.sources(split):
         assert source.split == split
@@ -29,6 +32,7 @@ def test_every_digit_of_every_source_renders_ink_in_range(split: str) -> None:
 
 
 def test_render_is_deterministic_for_a_seed() -> None:
+    require_heldout_fonts()
     for split in glyphs.SPLITS:
         for source in glyphs.sources(split)[::3]:
             first = glyphs.render_digit(source, 7, np.random.default_rng(42))
@@ -39,6 +43,7 @@ def test_render_is_deterministic_for_a_seed() -> None:
 
 
 def test_train_and_heldout_sources_are_disjoint() -> None:
+    require_heldout_fonts()
     train = {s.name for s in glyphs.sources("train")}
     heldout = {s.name for s in glyphs.sources("heldout")}
     assert not train & heldout
@@ -52,6 +57,8 @@ def test_train_and_heldout_sources_are_disjoint() -> None:
 @pytest.mark.parametrize("split", glyphs.SPLITS)
 @pytest.mark.parametrize("kind", glyphs.NEGATIVE_KINDS)
 def test_negatives_render(split: str, kind: str) -> None:
+    if split == "heldout":
+        require_heldout_fonts()
     rng = np.random.default_rng(1)
     for _ in range(40):
         ink = glyphs.render_negative(kind, split, rng)
