@@ -30,7 +30,9 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lock_requirements import closure as requirement_closure  # the lock's rules, one copy
+# The lock's closure rules and its --check, one copy of each.
+from lock_requirements import closure as requirement_closure
+from lock_requirements import print_or_check
 
 CHECK_ROOTS = ("digitsum[train]", "pytest", "pytest-timeout", "httpx")
 DEVICE_ROOTS = (
@@ -91,13 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.device
         else render(carried(), "The wheels scripts/gpu_check.sh carries to the GPU machine")
     )
-    if args.check is None:
-        sys.stdout.write(text)
-        return 0
-    if not args.check.is_file() or args.check.read_text() != text:
-        print(f"{args.check} is stale: run `make gpu-wheels-list`", file=sys.stderr)
-        return 1
-    return 0
+    return print_or_check(text, args.check, "make gpu-wheels-list")
 
 
 if __name__ == "__main__":

@@ -67,12 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", type=Path, help="compare with this file instead of printing")
     args = parser.parse_args(argv)
-    text = render(locked())
-    if args.check is None:
+    return print_or_check(render(locked()), args.check, "make requirements.lock")
+
+
+def print_or_check(text: str, check: Path | None, remake: str) -> int:
+    """Print `text`, or with `check`, exit status 1 (saying to run `remake`) unless that file
+    holds exactly `text`."""
+    if check is None:
         sys.stdout.write(text)
         return 0
-    if not args.check.is_file() or args.check.read_text() != text:
-        print(f"{args.check} is stale: run `make requirements.lock`", file=sys.stderr)
+    if not check.is_file() or check.read_text() != text:
+        print(f"{check} is stale: run `{remake}`", file=sys.stderr)
         return 1
     return 0
 
