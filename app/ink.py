@@ -15,9 +15,15 @@ measurements):
    across them, so that a line tilted by a couple of degrees still fits), each is fitted and
    removed across the whole page, and the digit's strokes that crossed them are restored where
    ink continues on both sides of the line.
-4. Components: what is left is cut into connected components; specks are dropped, and the
-   digit is the component with the most ink near the centre (those touching the border count
-   for less: page edges, the desk), merged with the pieces of a broken stroke around it.
+4. The page's edges: where a desk shows around the sheet (a darker surround along the
+   picture's border, told apart by Otsu's threshold on a small copy, meeting the paper at a
+   sharp step, unlike a shadow), ink along that edge is dropped: flattening the light leaves
+   false ink there.
+5. Components: what is left is cut into connected components; specks are dropped, and so is
+   what cannot be a digit: anything touching two sides of the picture, a long thin stroke
+   touching one, a hairline straight enough to be a fold or an edge. The digit is the
+   component with the most ink near the centre (those touching the border count for less),
+   merged with the pieces of a broken stroke around it.
 
 OpenCV (headless) does the per-pixel work: its morphology with rectangular kernels, connected
 components and resizing are several times faster than the same steps in NumPy or scikit-image
@@ -44,10 +50,24 @@ INK_FLOOR = 0.1  # and at least this much darker than the paper (a tenth of its 
 NOISY = 0.12  # a robust spread of the flattened image above this: noise or texture, no page
 LINE_SPAN = 0.75  # a ruling line runs across at least this share of the image
 LINE_INK_RATIO = 1.6  # ink on a line this much darker than the line is a pen stroke
-EDGE_SPAN = 0.4  # a component touching the border and longer than this share is the page's edge
 SPECK = 0.0004  # components under this share of the image's area are specks
 MIN_DIGIT_SIDE = 0.04  # the digit's larger side is at least this share of the image's
 PIECE_REACH = 0.35  # pieces within this share of the digit's size around it are its own
+PAGE_SIDE = 96  # the page is found on a copy this size
+DESK_CONTRAST = 0.2  # a desk is at least this much darker than the page (grey levels 0..1)
+DESK_SHARE = 0.02  # and shows in at least this share of the picture
+# and meets the sheet at a sharp edge: the grey slope across it, per unit of contrast, on
+# the small copy. A shadow's rim is soft (a small fraction); a sheet's edge against a desk
+# falls most of the way within a pixel or two.
+DESK_EDGE = 0.2
+DESK_BORDER = 0.15  # the desk lies along the picture's border for this share of its outline
+PAGE_MARGIN = 2  # pixels of the small copy: ink this close to the sheet's edge is the edge
+# Elongation (length over mean width, from the second moments) of strokes that cannot be a
+# digit: a stroke touching one side of the picture and longer than a digit's stroke there
+# is an edge; and nothing this straight and thin is a digit anywhere (a 1's stroke is far
+# wider for its length), but a fold, a page's rim or what is left of a line is.
+EDGE_ELONGATION = 5.0
+HAIRLINE_ELONGATION = 20.0
 
 
 @dataclass(frozen=True)
@@ -78,9 +98,15 @@ def digit_ink(grey: np.ndarray) -> Ink:
     # Ruling lines are found on a fainter mask, where they are unbroken.
     faint = (ink > max(threshold / 2, 3 * spread)).astype(np.uint8)
     mask, lines = _remove_lines(mask, faint, ink)
+    edges = _page_edges(grey)
+    if edges is not None:
+        mask[edges] = 0
     chosen = _choose_digit(mask)
     if chosen is None:
-        what = "only ruling lines" if lines else "only specks or noise"
+        if edges is not None:  # the lines found were the page's own edges, perhaps
+            what = "a blank page" + (" with ruling lines" if lines > 4 else "")
+        else:
+            what = "only ruling lines" if lines else "only specks or noise"
         raise NoDigit(f"I don't see a digit in this image: I see {what}", field="image")
     # Soft edges kept (the strokes' antialiasing), everything else of the page cleared.
     region = cv2.dilate(chosen, np.ones((3, 3), np.uint8)).astype(bool)
@@ -105,6 +131,61 @@ def _flatten(grey: np.ndarray) -> np.ndarray:
     flat = 1.0 - grey / np.maximum(paper, 1e-3)
     out: np.ndarray = np.clip(flat, 0.0, 1.0, out=flat)
     return out
+
+
+def _page_edges(grey: np.ndarray) -> np.ndarray | None:
+    """(H, W) bool: the desk around the sheet of paper and a band along the sheet's edges; None
+    when none does (the paper fills the picture, or what is darker is a shadow or a blot).
+
+    Flattening the light leaves false ink along such an edge (the estimate of the paper's
+    level spills over it), which otherwise passes for a 1 on a blank page or joins the digit.
+    """
+    height, width = grey.shape
+    scale = PAGE_SIDE / max(height, width)
+    small_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(grey, small_size, interpolation=cv2.INTER_AREA)
+    # Strokes are thin on this copy: a closing leaves paper and desk.
+    small = cv2.morphologyEx(small, cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8))
+    levels = np.clip(small * 255.0, 0, 255).astype(np.uint8)
+    _, light = cv2.threshold(levels, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    dark = (light == 0).astype(np.uint8)
+    share = float(dark.mean())
+    if share < DESK_SHARE or share > 0.8:
+        return None
+    contrast = float(small[light == 1].mean()) - float(small[dark == 1].mean())
+    if contrast < DESK_CONTRAST:
+        return None
+    # The desk runs along the picture's border; a digit or a blot that touches it does so
+    # over a small part of its outline.
+    count, labels = cv2.connectedComponents(dark, connectivity=8)
+    border = np.zeros(dark.shape, bool)
+    border[[0, -1], :] = border[:, [0, -1]] = True
+    on_border = np.bincount(labels[border], minlength=count)
+    outline = np.bincount(
+        labels[cv2.morphologyEx(dark, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0],
+        minlength=count,
+    )
+    desk = on_border >= DESK_BORDER * np.maximum(outline, 1)
+    desk[0] = False  # the light part
+    if not desk.any():
+        return None
+    # A desk meets the paper at a sharp step, a shadow at a soft rim: the median grey slope
+    # along each one's rim, per unit of contrast (Sobel's slope is 8x the change per pixel).
+    slope = np.hypot(
+        cv2.Sobel(small, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(small, cv2.CV_32F, 0, 1, ksize=3)
+    ) / (8 * contrast)
+    grown = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
+    rim = (light == 1) & desk[grown]  # paper next to a desk candidate: its edge
+    steep = np.bincount(grown[rim], weights=slope[rim] >= DESK_EDGE, minlength=count)
+    desk &= steep >= 0.5 * np.maximum(np.bincount(grown[rim], minlength=count), 1)
+    edge = rim & desk[grown] & (slope >= DESK_EDGE)
+    if not edge.any():
+        return None
+    # The band along that edge, and the desk itself: no digit is written there.
+    band = cv2.dilate(edge.astype(np.uint8), np.ones((2 * PAGE_MARGIN + 1,) * 2, np.uint8))
+    band |= desk[labels].astype(np.uint8)
+    edges: np.ndarray = cv2.resize(band, (width, height), interpolation=cv2.INTER_NEAREST) > 0
+    return edges
 
 
 def _robust_spread(ink: np.ndarray) -> float:
@@ -207,6 +288,19 @@ def _fit_line(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
     return slope, intercept
 
 
+def _elongation(pixels: np.ndarray) -> float:
+    """A component's length over its mean width: the square root of the ratio of its second
+    moments' principal values (a straight stroke of length L and width w has L / w)."""
+    moments = cv2.moments(pixels.astype(np.uint8), binaryImage=True)
+    if moments["m00"] < 2:
+        return 1.0
+    a, b, c = moments["mu20"], moments["mu11"], moments["mu02"]
+    root = float(np.sqrt(4 * b * b + (a - c) ** 2))
+    major, minor = (a + c + root) / 2, (a + c - root) / 2
+    # One pixel of width at least (a one-pixel line has minor moment ~ L/12, not 0)
+    return float(np.sqrt(major / max(minor, moments["m00"] / 12)))
+
+
 def _choose_digit(mask: np.ndarray) -> np.ndarray | None:
     """The digit's pixels (uint8 0/1): the best component and the pieces around it; None
     when nothing but specks is left."""
@@ -222,15 +316,26 @@ def _choose_digit(mask: np.ndarray) -> np.ndarray | None:
         return None
     sides = (x == 0).astype(int) + (y == 0) + (x + w == width) + (y + h == height)
     touches = sides > 0
-    # From one side of the picture to another, and long: a page's edge, the desk, a shadow's
-    # rim; never the digit (a digit cut by the frame touches one side).
-    big_enough &= ~((sides >= 2) & ((w > EDGE_SPAN * width) | (h > EDGE_SPAN * height)))
+    # Touching two sides of the picture: a page's edge or corner, the desk, a shadow's rim;
+    # never the digit (a digit cut by the frame touches one side).
+    big_enough &= sides < 2
     if not big_enough.any():
         return None
     dx = (centroids[1:, 0] - width / 2) / width
     dy = (centroids[1:, 1] - height / 2) / height
     score = areas * np.exp(-4.0 * (dx**2 + dy**2)) * np.where(touches, 0.15, 1.0) * big_enough
-    best = int(np.argmax(score))
+    # The best-scoring component that has a digit's shape; edges and hairlines step aside.
+    for best in np.argsort(-score, kind="stable"):
+        if score[best] <= 0:
+            return None
+        bx, by, bw, bh = int(x[best]), int(y[best]), int(w[best]), int(h[best])
+        elongation = _elongation(labels[by : by + bh, bx : bx + bw] == best + 1)
+        limit = EDGE_ELONGATION if touches[best] else HAIRLINE_ELONGATION
+        if elongation <= limit:
+            break
+    else:
+        return None
+    best = int(best)
     side = max(w[best], h[best])
     if side < MIN_DIGIT_SIDE * max(height, width):
         return None

@@ -26,9 +26,11 @@ def _scene(
     ruled: bool = False,
     grid: bool = False,
     shadow: bool = False,
+    desk: bool = False,
     seed: int = 0,
 ) -> bytes:
-    """An RGB JPEG of a MNIST digit written 150 pixels tall on a page."""
+    """An RGB JPEG of a MNIST digit written 150 pixels tall on a page; with `desk`, the page
+    photographed at an angle, lying on a darker desk that shows all around it."""
     rng = np.random.default_rng(seed)
     rows = np.arange(SIDE, dtype=np.float32)[:, None]
     cols = np.arange(SIDE, dtype=np.float32)[None, :]
@@ -50,6 +52,16 @@ def _scene(
         alpha = np.asarray(glyph, np.float32)[..., None] / 255.0
         region = rgb[80:290, 90:300]
         rgb[80:290, 90:300] = region * (1 - alpha) + np.array(ink, np.float32) * alpha
+    if desk:
+        corners = np.float32([[0, 0], [SIDE, 0], [SIDE, SIDE], [0, SIDE]])
+        tilted = np.float32([[40, 25], [330, 45], [345, 330], [20, 340]])
+        warp = cv2.getPerspectiveTransform(corners, tilted)
+        wood = np.array([95.0, 70.0, 50.0], np.float32) + 12 * np.sin(cols / 7.0)[..., None]
+        rgb = cv2.warpPerspective(
+            rgb, warp, (SIDE, SIDE), borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
+        )
+        on_page = cv2.warpPerspective(np.ones((SIDE, SIDE), np.float32), warp, (SIDE, SIDE))
+        rgb = rgb * on_page[..., None] + np.broadcast_to(wood, rgb.shape) * (1 - on_page[..., None])
     rgb += rng.normal(0, 3, rgb.shape).astype(np.float32)
     image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).filter(
         ImageFilter.GaussianBlur(0.7)
@@ -71,8 +83,9 @@ def _similarity(a: np.ndarray, b: np.ndarray) -> float:
         {"shadow": True},
         {"ink": (150.0, 150.0, 150.0)},  # pencil: grey on grey
         {"ink": (40.0, 60.0, 170.0), "ruled": True},  # blue ballpoint on lined paper
+        {"desk": True},  # at an angle, on a desk: the page's edges are not ink
     ],
-    ids=["ruled", "grid", "shadow", "pencil", "ballpoint-on-ruled"],
+    ids=["ruled", "grid", "shadow", "pencil", "ballpoint-on-ruled", "desk"],
 )
 def test_digit_on_a_page_looks_like_the_digit_alone(
     mnist_test: Split, scene: dict[str, object]
@@ -105,6 +118,10 @@ def test_light_ink_on_a_dark_canvas_is_read_like_dark_ink(mnist_test: Split) -> 
         ({"shadow": True}, "blank"),
         ({"ruled": True}, "ruling lines"),
         ({"grid": True}, "ruling lines"),
+        # The page's edges against the desk, where flattening the light leaves false ink
+        ({"desk": True}, "a blank page"),
+        ({"desk": True, "shadow": True}, "a blank page"),
+        ({"desk": True, "ruled": True}, "a blank page with ruling lines"),
     ],
 )
 def test_page_without_a_digit_is_no_digit(scene: dict[str, object], message: str) -> None:
