@@ -64,7 +64,7 @@ CENTRE = 14.0  # where MNIST puts a digit's centre of mass (row, column)
 # Ink fainter than this is cleared from a synthetic glyph's coverage (training/synthetic.py), as
 # the service's old paper path cleared it from photos.
 NOISE_FLOOR = 0.15
-WORK_SIDE = 512  # larger images are shrunk to this side before any per-pixel float work
+WORK_SIDE = ink.WORK_SIDE  # larger images are shrunk to this side before any per-pixel float work
 DRAFT_SIDE = 480  # JPEGs larger than this are decoded at reduced scale, but not below it
 
 

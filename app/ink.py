@@ -8,7 +8,8 @@ measurements):
    paper's level over any stroke thinner than the kernel, a blur smooths it) and the image is
    divided by it: shadows, uneven light and tinted paper become flat white, ink becomes its
    contrast with the paper around it (0 = paper, 1 = black).
-2. Threshold: ink is what stands above the paper's own noise (measured on the image, a robust
+2. Threshold: the flattened image is smoothed at a stroke's scale (pencil's grain averages
+   out), and ink is what stands above the paper's own noise (measured on the image, a robust
    spread), with a floor so that JPEG ringing and paper grain never count.
 3. Lines: ruling and grid lines, and a margin line, are long, thin, straight and run across the
    page; a morphological opening with a long line kernel finds them (after a small dilation
@@ -45,7 +46,10 @@ cv2.setNumThreads(1)
 
 BACKGROUND_SIDE = 96  # the paper's brightness is estimated on a copy this size
 BACKGROUND_KERNEL = 0.2  # closing kernel, as a share of the small copy's longer side
+GRAIN_SIGMA = 1.6  # smoothing, in pixels of a WORK_SIDE working copy (scaled with the image)
+WORK_SIDE = 512  # photos are shrunk to this longer side (app.imaging) before the steps below
 NOISE_SIGMAS = 5.0  # ink stands this many robust standard deviations above the paper's noise
+RAW_NOISE_SIGMAS = 2.5  # and this many above it before smoothing
 INK_FLOOR = 0.1  # and at least this much darker than the paper (a tenth of its brightness)
 NOISY = 0.12  # a robust spread of the flattened image above this: noise or texture, no page
 LINE_SPAN = 0.75  # a ruling line runs across at least this share of the image
@@ -84,14 +88,20 @@ def digit_ink(grey: np.ndarray) -> Ink:
     Raises NoDigit, with a message a person understands, when there is no ink, only noise,
     specks or ruling lines.
     """
-    ink = _flatten(grey)
-    spread = _robust_spread(ink)
-    if spread > NOISY:
+    flat = _flatten(grey)
+    raw_spread = _robust_spread(flat)
+    if raw_spread > NOISY:
         raise NoDigit(
             "I don't see a digit in this image: it looks like noise or a texture, not a page",
             field="image",
         )
-    threshold = max(NOISE_SIGMAS * spread, INK_FLOOR)
+    # Smoothed at about the scale of a pen's stroke on the working copy: pencil's grain and
+    # a sensor's noise average out, a stroke does not. The threshold is set on what is left.
+    ink = cv2.GaussianBlur(flat, (0, 0), GRAIN_SIGMA * max(grey.shape) / WORK_SIDE)
+    spread = _robust_spread(ink)
+    # Smoothing shrinks fine noise's spread more than it dims it: heavy sensor noise must
+    # not pass for ink once smoothed, so ink also stands out of the unsmoothed noise.
+    threshold = max(NOISE_SIGMAS * spread, RAW_NOISE_SIGMAS * raw_spread, INK_FLOOR)
     mask = (ink > threshold).astype(np.uint8)
     if not mask.any():
         raise NoDigit("I don't see a digit in this image: it looks blank", field="image")
