@@ -193,7 +193,7 @@ def _page_edges(grey: np.ndarray) -> np.ndarray | None:
         return None
     # The band along that edge, and the desk itself: no digit is written there.
     band = cv2.dilate(edge.astype(np.uint8), np.ones((2 * PAGE_MARGIN + 1,) * 2, np.uint8))
-    band |= desk[labels].astype(np.uint8)
+    band = np.maximum(band, desk[labels].astype(np.uint8))
     edges: np.ndarray = cv2.resize(band, (width, height), interpolation=cv2.INTER_NEAREST) > 0
     return edges
 
