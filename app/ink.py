@@ -44,7 +44,7 @@ from app.errors import NoDigit
 # pool inside each would only oversubscribe the CPUs.
 cv2.setNumThreads(1)
 
-BACKGROUND_SIDE = 96  # the paper's brightness is estimated on a copy this size
+BACKGROUND_SIDE = 96  # the paper's brightness, and the desk, are estimated on a copy this size
 BACKGROUND_KERNEL = 0.2  # closing kernel, as a share of the small copy's longer side
 GRAIN_SIGMA = 1.6  # smoothing, in pixels of a WORK_SIDE working copy (scaled with the image)
 WORK_SIDE = 512  # photos are shrunk to this longer side (app.imaging) before the steps below
@@ -57,7 +57,6 @@ LINE_INK_RATIO = 1.6  # ink on a line this much darker than the line is a pen st
 SPECK = 0.0004  # components under this share of the image's area are specks
 MIN_DIGIT_SIDE = 0.04  # the digit's larger side is at least this share of the image's
 PIECE_REACH = 0.35  # pieces within this share of the digit's size around it are its own
-PAGE_SIDE = 96  # the page is found on a copy this size
 DESK_CONTRAST = 0.2  # a desk is at least this much darker than the page (grey levels 0..1)
 DESK_SHARE = 0.02  # and shows in at least this share of the picture
 # and meets the sheet at a sharp edge: the grey slope across it, per unit of contrast, on
@@ -88,7 +87,8 @@ def digit_ink(grey: np.ndarray) -> Ink:
     Raises NoDigit, with a message a person understands, when there is no ink, only noise,
     specks or ruling lines.
     """
-    flat = _flatten(grey)
+    small = _small_copy(grey)
+    flat = _flatten(grey, small)
     raw_spread = _robust_spread(flat)
     if raw_spread > NOISY:
         raise NoDigit(
@@ -108,7 +108,7 @@ def digit_ink(grey: np.ndarray) -> Ink:
     # Ruling lines are found on a fainter mask, where they are unbroken.
     faint = (ink > max(threshold / 2, 3 * spread)).astype(np.uint8)
     mask, lines = _remove_lines(mask, faint, ink)
-    edges = _page_edges(grey)
+    edges = _page_edges(small, grey.shape)
     if edges is not None:
         mask[edges] = 0
     chosen = _choose_digit(mask)
@@ -127,12 +127,20 @@ def digit_ink(grey: np.ndarray) -> Ink:
     return Ink(digit, lines)
 
 
-def _flatten(grey: np.ndarray) -> np.ndarray:
-    """1 - grey / paper: (H, W) float32, 0 where the paper is, up to 1 for black ink."""
+def _small_copy(grey: np.ndarray) -> np.ndarray:
+    """`grey` with its longer side BACKGROUND_SIDE (area-averaged): where the paper's level
+    and the desk around it are estimated."""
     height, width = grey.shape
     scale = BACKGROUND_SIDE / max(height, width)
     small_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = cv2.resize(grey, small_size, interpolation=cv2.INTER_AREA)
+    small: np.ndarray = cv2.resize(grey, small_size, interpolation=cv2.INTER_AREA)
+    return small
+
+
+def _flatten(grey: np.ndarray, small: np.ndarray) -> np.ndarray:
+    """1 - grey / paper: (H, W) float32, 0 where the paper is, up to 1 for black ink; the
+    paper's level is estimated on `small` (_small_copy of `grey`)."""
+    height, width = grey.shape
     k = max(3, round(BACKGROUND_KERNEL * BACKGROUND_SIDE) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     paper = cv2.morphologyEx(small, cv2.MORPH_CLOSE, kernel, borderType=cv2.BORDER_REPLICATE)
@@ -143,17 +151,15 @@ def _flatten(grey: np.ndarray) -> np.ndarray:
     return out
 
 
-def _page_edges(grey: np.ndarray) -> np.ndarray | None:
-    """(H, W) bool: the desk around the sheet of paper and a band along the sheet's edges; None
-    when none does (the paper fills the picture, or what is darker is a shadow or a blot).
+def _page_edges(small: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """`shape` (H, W) bool, found on `small` (_small_copy of the photo): the desk around the
+    sheet of paper and a band along the sheet's edges; None when no desk shows (the paper
+    fills the picture, or what is darker is a shadow or a blot).
 
     Flattening the light leaves false ink along such an edge (the estimate of the paper's
     level spills over it), which otherwise passes for a 1 on a blank page or joins the digit.
     """
-    height, width = grey.shape
-    scale = PAGE_SIDE / max(height, width)
-    small_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = cv2.resize(grey, small_size, interpolation=cv2.INTER_AREA)
+    height, width = shape
     # Strokes are thin on this copy: a closing leaves paper and desk.
     small = cv2.morphologyEx(small, cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8))
     levels = np.clip(small * 255.0, 0, 255).astype(np.uint8)
