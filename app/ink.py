@@ -10,7 +10,11 @@ measurements):
    contrast with the paper around it (0 = paper, 1 = black).
 2. Threshold: the flattened image is smoothed at a stroke's scale (pencil's grain averages
    out), and ink is what stands above the paper's own noise (measured on the image, a robust
-   spread), with a floor so that JPEG ringing and paper grain never count.
+   spread), with a floor so that JPEG ringing and paper grain never count. Where nothing
+   stands above that floor, a second look goes below it (faint pencil on clean paper), taking
+   only a digit clear of the picture's border and of the ruling lines. Once the digit is
+   chosen, it takes in the fainter ink joined to it: a faint stroke crosses the threshold only
+   at its darkest points.
 3. Lines: ruling and grid lines, and a margin line, are long, thin, straight and run across the
    page; a morphological opening with a long line kernel finds them (after a small dilation
    across them, so that a line tilted by a couple of degrees still fits), each is fitted and
@@ -51,6 +55,12 @@ WORK_SIDE = 512  # photos are shrunk to this longer side (app.imaging) before th
 NOISE_SIGMAS = 5.0  # ink stands this many robust standard deviations above the paper's noise
 RAW_NOISE_SIGMAS = 2.5  # and this many above it before smoothing
 INK_FLOOR = 0.1  # and at least this much darker than the paper (a tenth of its brightness)
+FAINT_FLOOR = 0.07  # or this much, where nothing stands above INK_FLOOR
+# A digit whose strokes are fainter than FAINT_DIGIT times the threshold (at their 90th
+# percentile) takes in the ink joined to it down to GROW times the threshold
+FAINT_DIGIT = 3.0
+GROW = 0.6
+GROW_LIMIT = 4.0  # unless that makes it this many times larger (a shadow, not a stroke)
 NOISY = 0.12  # a robust spread of the flattened image above this: noise or texture, no page
 LINE_SPAN = 0.75  # a ruling line runs across at least this share of the image
 LINE_INK_RATIO = 1.6  # ink on a line this much darker than the line is a pen stroke
@@ -101,30 +111,105 @@ def digit_ink(grey: np.ndarray) -> Ink:
     spread = _robust_spread(ink)
     # Smoothing shrinks fine noise's spread more than it dims it: heavy sensor noise must
     # not pass for ink once smoothed, so ink also stands out of the unsmoothed noise.
-    threshold = max(NOISE_SIGMAS * spread, RAW_NOISE_SIGMAS * raw_spread, INK_FLOOR)
+    noise = max(NOISE_SIGMAS * spread, RAW_NOISE_SIGMAS * raw_spread)
+    edges = _page_edges(small, grey.shape)
+    try:
+        return _ink_above(ink, max(noise, INK_FLOOR), noise, spread, edges)
+    except NoDigit as nothing:
+        # Faint pencil on clean paper stays under the floor while standing far above the
+        # paper's noise: look again below the floor, where the noise allows it.
+        if noise >= INK_FLOOR:
+            raise
+        try:
+            return _ink_above(ink, max(noise, FAINT_FLOOR), noise, spread, edges, below_floor=True)
+        except NoDigit:
+            raise nothing from None
+
+
+def _ink_above(
+    ink: np.ndarray,
+    threshold: float,
+    noise: float,
+    spread: float,
+    edges: np.ndarray | None,
+    *,
+    below_floor: bool = False,
+) -> Ink:
+    """The digit's ink where `ink` (the flattened, smoothed image) stands above `threshold`;
+    raises NoDigit when none is found there. A look `below_floor` (below the usual floor) takes
+    only a digit clear of the picture's border, where flattening the light is least sure."""
     mask = (ink > threshold).astype(np.uint8)
     if not mask.any():
         raise NoDigit("I don't see a digit in this image: it looks blank", field="image")
     # Ruling lines are found on a fainter mask, where they are unbroken.
     faint = (ink > max(threshold / 2, 3 * spread)).astype(np.uint8)
-    mask, lines = _remove_lines(mask, faint, ink)
-    edges = _page_edges(small, grey.shape)
+    mask, lines, ruled = _remove_lines(mask, faint, ink)
     if edges is not None:
         mask[edges] = 0
-    chosen = _choose_digit(mask)
+    if below_floor and ruled is not None:
+        # Below the floor, what is left of a ruling line or a page's edge looks like a stroke:
+        # what lies mostly along one is dropped (a digit only crosses them).
+        count, labels = cv2.connectedComponents(mask, connectivity=8)
+        along = cv2.dilate(ruled.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        on_lines = np.bincount(labels[along], minlength=count)
+        remnant = on_lines > 0.5 * np.bincount(labels.ravel(), minlength=count)
+        remnant[0] = False
+        mask[remnant[labels]] = 0
+    chosen = _choose_digit(mask, inner=below_floor)
     if chosen is None:
         if edges is not None:  # the lines found were the page's own edges, perhaps
             what = "a blank page" + (" with ruling lines" if lines > 4 else "")
         else:
             what = "only ruling lines" if lines else "only specks or noise"
         raise NoDigit(f"I don't see a digit in this image: I see {what}", field="image")
+    strong = float(np.percentile(ink[chosen.astype(bool)], 90))
+    if strong < FAINT_DIGIT * threshold:
+        # A faint stroke crosses the threshold only at its darkest: the digit takes in the
+        # fainter ink joined to it (above the paper's noise; not along a ruling line or the
+        # page's edge).
+        weak = (ink > max(GROW * threshold, noise)).astype(np.uint8)
+        if ruled is not None:
+            weak[ruled] = 0
+            weak |= _across(weak) & ruled
+        if edges is not None:
+            weak[edges] = 0
+        chosen = _grow(chosen, weak)
     # Soft edges kept (the strokes' antialiasing), everything else of the page cleared.
     region = cv2.dilate(chosen, np.ones((3, 3), np.uint8)).astype(bool)
     digit = np.where(region, ink, 0.0).astype(np.float32)
-    strong = float(np.percentile(ink[chosen.astype(bool)], 90))
     floor = threshold / 2
     digit = np.clip((digit - floor) / max(strong - floor, 1e-3), 0.0, 1.0)
     return Ink(digit, lines)
+
+
+def _grow(chosen: np.ndarray, weak: np.ndarray) -> np.ndarray:
+    """`chosen` (uint8 0/1) and what of `weak` is joined to it; `chosen` alone when that
+    would make it more than GROW_LIMIT times larger or take it to the picture's border (a
+    shadow or a fold, not the rest of a faint digit)."""
+    count, labels = cv2.connectedComponents(chosen | weak, connectivity=8)
+    joined = np.zeros(count, bool)
+    joined[labels[chosen > 0]] = True
+    joined[0] = False
+    grown = joined[labels]
+    height, width = chosen.shape
+
+    def extent(pixels: np.ndarray) -> tuple[int, int, int, int]:
+        rows, cols = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
+        return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+    top, bottom, left, right = extent(chosen > 0)
+    g_top, g_bottom, g_left, g_right = extent(grown)
+    side = max(bottom - top, right - left) + 1
+    grown_side = max(g_bottom - g_top, g_right - g_left) + 1
+    reaches_border = (
+        (g_top == 0 < top)
+        or (g_left == 0 < left)
+        or (g_bottom == height - 1 > bottom)
+        or (g_right == width - 1 > right)
+    )
+    if grown_side > GROW_LIMIT * side or reaches_border:
+        return chosen
+    return grown.astype(np.uint8)
 
 
 def _small_copy(grey: np.ndarray) -> np.ndarray:
@@ -223,9 +308,12 @@ def _robust_spread(ink: np.ndarray) -> float:
     return 1.4826 * float(np.percentile(spreads, 25))
 
 
-def _remove_lines(mask: np.ndarray, faint: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, int]:
+def _remove_lines(
+    mask: np.ndarray, faint: np.ndarray, ink: np.ndarray
+) -> tuple[np.ndarray, int, np.ndarray | None]:
     """`mask` without the ruling lines (horizontal and vertical) found in `faint`, the
-    strokes that crossed them or ran along them restored; and how many lines were removed."""
+    strokes that crossed them or ran along them restored; how many lines were removed, and
+    where they run (bool, None when there are none)."""
     level = np.zeros(mask.shape, np.float32)  # each line's own ink level, 0 off the lines
     count = 0
     for horizontal in (True, False):
@@ -239,17 +327,22 @@ def _remove_lines(mask: np.ndarray, faint: np.ndarray, ink: np.ndarray) -> tuple
         np.maximum(level, line_level if horizontal else line_level.T, out=level)
         count += found
     if not count:
-        return mask, 0
+        return mask, 0, None
     # A pen stroke along a line (a 7's bar) is darker than the printed line: it stays.
     darker = ink > np.maximum(LINE_INK_RATIO * level, level + 0.15)
     removed = ((level > 0) & ~darker).astype(np.uint8)
     kept = mask & ~removed
-    # A stroke crossing a line continues on both sides: close the gaps across each line.
-    across = np.maximum(
-        cv2.morphologyEx(kept, cv2.MORPH_CLOSE, np.ones((9, 1), np.uint8)),
-        cv2.morphologyEx(kept, cv2.MORPH_CLOSE, np.ones((1, 9), np.uint8)),
+    return kept | (_across(kept) & removed & mask), count, level > 0
+
+
+def _across(mask: np.ndarray) -> np.ndarray:
+    """`mask` with its gaps across a ruling line closed (a stroke that crosses a line goes on
+    on both sides of it)."""
+    closed: np.ndarray = np.maximum(
+        cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((9, 1), np.uint8)),
+        cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((1, 9), np.uint8)),
     )
-    return kept | (across & removed & mask), count
+    return closed
 
 
 def _line_mask(mask: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, int] | None:
@@ -321,9 +414,9 @@ def _elongation(pixels: np.ndarray) -> float:
     return float(np.sqrt(major / max(minor, moments["m00"] / 12)))
 
 
-def _choose_digit(mask: np.ndarray) -> np.ndarray | None:
+def _choose_digit(mask: np.ndarray, *, inner: bool = False) -> np.ndarray | None:
     """The digit's pixels (uint8 0/1): the best component and the pieces around it; None
-    when nothing but specks is left."""
+    when nothing but specks is left (or, if `inner`, nothing clear of the border)."""
     height, width = mask.shape
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count <= 1:
@@ -338,7 +431,7 @@ def _choose_digit(mask: np.ndarray) -> np.ndarray | None:
     touches = sides > 0
     # Touching two sides of the picture: a page's edge or corner, the desk, a shadow's rim;
     # never the digit (a digit cut by the frame touches one side).
-    big_enough &= sides < 2
+    big_enough &= sides < (1 if inner else 2)
     if not big_enough.any():
         return None
     dx = (centroids[1:, 0] - width / 2) / width

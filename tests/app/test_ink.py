@@ -100,6 +100,18 @@ def test_digit_on_a_page_looks_like_the_digit_alone(
         assert ((on_page > 0.3).sum(axis=0) < 24).all()
 
 
+@pytest.mark.parametrize("ruled", [False, True], ids=["plain", "ruled"])
+@pytest.mark.parametrize("grey", [188.0, 190.0])
+def test_faint_pencil_is_read_whole(mnist_test: Split, grey: float, ruled: bool) -> None:
+    # Graphite about a tenth darker than the paper: its strokes cross the ink threshold only
+    # in places (or nowhere), yet they stand far above the paper's noise.
+    for i in range(5):
+        digit = mnist_test.images[i]
+        alone = prepare_image(_scene(digit), DEFAULT_MAX_IMAGE_PIXELS).pixels
+        faint = _scene(digit, ink=(grey, grey, grey + 3), ruled=ruled)
+        assert _similarity(alone, prepare_image(faint, DEFAULT_MAX_IMAGE_PIXELS).pixels) > 0.85, i
+
+
 def test_light_ink_on_a_dark_canvas_is_read_like_dark_ink(mnist_test: Split) -> None:
     digit = mnist_test.images[4]
     dark_ink = prepare_image(_scene(digit), DEFAULT_MAX_IMAGE_PIXELS)
