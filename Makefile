@@ -74,8 +74,9 @@ lint-deploy: $(STAMP)
 # rewrites it, and a stale lock fails here). scripts/audit_requirements.py runs pip-audit on it,
 # and where the registry serves no per-release data (so pip-audit skips everything) reads PyPI's
 # per-project advisory data for pins at the latest release. It fails on any known vulnerability,
-# on the four packages that parse requests going unaudited, or when nothing could be audited.
-SECURITY_CRITICAL := pillow python-multipart starlette fastapi
+# on the packages that parse requests and images going unaudited, or when nothing could be
+# audited.
+SECURITY_CRITICAL := pillow pillow-heif opencv-python-headless python-multipart starlette fastapi
 .PHONY: lint-security
 requirements.lock: pyproject.toml $(STAMP)
 	$(PY) scripts/lock_requirements.py > $@

@@ -50,7 +50,7 @@ PACKAGES = (
     "python-multipart",
     "pillow",
     "numpy",
-    "imagecodecs",
+    "opencv-python-headless",
 )
 
 

@@ -311,10 +311,10 @@ TORCH_PROBE = (
     "'gpus': torch.cuda.device_count() if cuda else 0}))"
 )
 IMPORTS = (
-    "import json, numpy, PIL, imagecodecs, fastapi, pydantic, starlette, uvicorn; "
+    "import json, numpy, PIL, cv2, fastapi, pydantic, starlette, uvicorn; "
     "import app.main, training, training.train, training.evaluate, bench.run, tests.conftest; "
     "print(json.dumps({'numpy': numpy.__version__, 'pillow': PIL.__version__, "
-    "'imagecodecs': imagecodecs.__version__, 'fastapi': fastapi.__version__, "
+    "'opencv': cv2.__version__, 'fastapi': fastapi.__version__, "
     "'starlette': starlette.__version__, 'pydantic': pydantic.__version__}))"
 )
 

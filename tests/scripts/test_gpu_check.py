@@ -191,6 +191,6 @@ def test_the_carried_wheels_hold_what_the_device_lacks_and_not_torch() -> None:
         for line in (REPO_ROOT / "scripts" / "gpu_wheels.txt").read_text().splitlines()
         if not line.startswith("#")
     }
-    assert {"fastapi", "opentelemetry-api", "imagecodecs", "pytest-timeout"} <= names
+    assert {"fastapi", "opentelemetry-api", "python-multipart", "pytest-timeout"} <= names
     assert not {n for n in names if n in {"torch", "torchvision", "triton", "numpy", "pillow"}}
     assert not {n for n in names if n.startswith(("nvidia-", "cuda-"))}
