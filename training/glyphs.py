@@ -618,8 +618,12 @@ def _font_mask(path: Path, char: str, px: int, stroke: int) -> tuple[Image.Image
     return img, bool(eroded >= 0.5 * ink), float(thickness)
 
 
-def _render_font(path: Path, char: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    """A font glyph reshaped at random: weight, slant, rotation, proportions, elastic mesh."""
+def _render_font(
+    path: Path, char: str, rng: np.random.Generator, size: int, marker: float = 0.0
+) -> np.ndarray:
+    """A font glyph reshaped at random: weight, slant, rotation, proportions, elastic mesh;
+    with probability `marker`, written with a thick marker (strokes widened until the glyph's
+    small counters close up, as a felt tip does)."""
     # One draw for every scalar: a generator call costs microseconds, and so does numpy on a
     # 2x2 matrix, so the geometry below is plain Python floats.
     r = rng.random(16).tolist()
@@ -674,6 +678,11 @@ def _render_font(path: Path, char: str, rng: np.random.Generator, size: int) -> 
     # Thinner strokes now and then, where the glyph has strokes thick enough to erode.
     if stroke == 0 and erodible and r[8] < 0.3:
         out = out.filter(ImageFilter.MinFilter(3))
+    if r[14] < marker:
+        # r[14] and r[15] were drawn with the rest: the stream of draws, and so every glyph of
+        # the field set (which never asks for a marker), stays the same.
+        radius = max(1, round((0.03 + 0.06 * r[15]) * height))
+        out = out.filter(ImageFilter.MaxFilter(2 * radius + 1))
     if r[9] < 0.08:
         # A broken stroke: a short line of paper across the glyph.
         x = cx + (r[10] - 0.5) * half_w
@@ -709,12 +718,13 @@ def _font_path(source: GlyphSource) -> Path:
 
 
 def render_digit(
-    source: GlyphSource, digit: int, rng: np.random.Generator, size: int = 64
+    source: GlyphSource, digit: int, rng: np.random.Generator, size: int = 64, marker: float = 0.0
 ) -> np.ndarray:
     """One digit from a source: float32 (size, size) ink coverage, 1 = ink, 0 = paper.
 
     The glyph is 50-80 % of the height, anywhere inside the canvas, antialiased, and random
-    per call in stroke width, slant, proportions, rotation, wobble and broken strokes.
+    per call in stroke width, slant, proportions, rotation, wobble and broken strokes; a font's
+    glyph is written with a thick marker with probability `marker`.
     """
     if not 0 <= digit <= 9:
         raise ValueError(f"digit must be 0..9, not {digit}")
@@ -722,7 +732,7 @@ def render_digit(
         writer_name = source.name.removeprefix("pen:")
         return _render_pen(writer_name, _pick_allograph(writer_name, digit, rng), rng, size)
     if source.family == "font":
-        return _render_font(_font_path(source), str(digit), rng, size)
+        return _render_font(_font_path(source), str(digit), rng, size, marker)
     raise ValueError(f"unknown glyph family {source.family!r}")
 
 
