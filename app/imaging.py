@@ -181,6 +181,10 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return _decode(data, max_pixels, draft_side=0)[0]
 
 
+# What Pillow raises on a truncated or corrupt file, besides its decompression-bomb errors.
+_CORRUPT = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, RuntimeError)
+
+
 def _decode(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image, tuple[int, int]]:
     """The decoded image and its size as sent. With `draft_side`, a JPEG is decoded at the
     smallest DCT scale (1/2, 1/4 or 1/8) whose longer side stays at least `draft_side`: a
@@ -219,7 +223,7 @@ def _decode(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image,
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge("image dimensions are too large to decode", field="image") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, RuntimeError) as exc:
+    except _CORRUPT as exc:
         raise InvalidImage(
             f"cannot decode the {fmt} image: it is truncated or corrupt", field="image"
         ) from exc
@@ -444,13 +448,9 @@ def _decode_plain_grey_png(data: bytes) -> np.ndarray | None:
         with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
             # tobytes() decodes; np.asarray(image) would cost as much again (its array
             # interface copies the pixels through Python) for a 28x28 image.
-            size = image.size
-            grey = np.frombuffer(image.tobytes(), np.uint8).reshape(size[1], size[0])
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, RuntimeError):
+            pixels: np.ndarray = np.frombuffer(image.tobytes(), np.uint8).reshape(SIZE, SIZE)
+    except _CORRUPT:
         return None  # corrupt: prepare_image names the problem
-    if grey.shape != (SIZE, SIZE) or grey.dtype != np.uint8:
-        return None
-    pixels: np.ndarray = grey
     return pixels
 
 

@@ -114,30 +114,31 @@ def digit_ink(grey: np.ndarray) -> Ink:
     noise = max(NOISE_SIGMAS * spread, RAW_NOISE_SIGMAS * raw_spread)
     edges = _page_edges(small, grey.shape)
     try:
-        return _ink_above(ink, max(noise, INK_FLOOR), noise, spread, edges)
+        return _ink_above(ink, noise, spread, edges)
     except NoDigit as nothing:
         # Faint pencil on clean paper stays under the floor while standing far above the
         # paper's noise: look again below the floor, where the noise allows it.
         if noise >= INK_FLOOR:
             raise
         try:
-            return _ink_above(ink, max(noise, FAINT_FLOOR), noise, spread, edges, below_floor=True)
+            return _ink_above(ink, noise, spread, edges, floor=FAINT_FLOOR)
         except NoDigit:
             raise nothing from None
 
 
 def _ink_above(
     ink: np.ndarray,
-    threshold: float,
     noise: float,
     spread: float,
     edges: np.ndarray | None,
     *,
-    below_floor: bool = False,
+    floor: float = INK_FLOOR,
 ) -> Ink:
-    """The digit's ink where `ink` (the flattened, smoothed image) stands above `threshold`;
-    raises NoDigit when none is found there. A look `below_floor` (below the usual floor) takes
-    only a digit clear of the picture's border, where flattening the light is least sure."""
+    """The digit's ink where `ink` (the flattened, smoothed image) stands above both `noise`
+    and `floor`; raises NoDigit when none is found there. A look below INK_FLOOR takes only a
+    digit clear of the picture's border, where flattening the light is least sure."""
+    threshold = max(noise, floor)
+    below_floor = floor < INK_FLOOR
     mask = (ink > threshold).astype(np.uint8)
     if not mask.any():
         raise NoDigit("I don't see a digit in this image: it looks blank", field="image")
@@ -177,8 +178,8 @@ def _ink_above(
     # Soft edges kept (the strokes' antialiasing), everything else of the page cleared.
     region = cv2.dilate(chosen, np.ones((3, 3), np.uint8)).astype(bool)
     digit = np.where(region, ink, 0.0).astype(np.float32)
-    floor = threshold / 2
-    digit = np.clip((digit - floor) / max(strong - floor, 1e-3), 0.0, 1.0)
+    low = threshold / 2  # what maps to 0: the antialiased rim fades out, no step
+    digit = np.clip((digit - low) / max(strong - low, 1e-3), 0.0, 1.0)
     return Ink(digit, lines)
 
 
