@@ -38,6 +38,7 @@ on this CPU (docs/imaging.md has the measurement).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -81,6 +82,12 @@ PAGE_MARGIN = 2  # pixels of the small copy: ink this close to the sheet's edge 
 # wider for its length), but a fold, a page's rim or what is left of a line is.
 EDGE_ELONGATION = 5.0
 HAIRLINE_ELONGATION = 20.0
+# Two straight hairlines meeting at a right angle at their ends: a page's corner, or a margin
+# line meeting a ruling line, left over by the steps above. Their length (both arms) over
+# their width is far beyond a digit's strokes, even a 7 with an upright stem.
+CORNER_RATIO = 50.0
+CORNER_ANGLE = 80.0  # degrees between the arms, at least
+CORNER_TOLERANCE = 2.0  # pixels: how far off its line an arm's pixel may be
 
 
 @dataclass(frozen=True)
@@ -415,6 +422,70 @@ def _elongation(pixels: np.ndarray) -> float:
     return float(np.sqrt(major / max(minor, moments["m00"] / 12)))
 
 
+class _Arm(NamedTuple):
+    on_line: np.ndarray  # (N,) bool: which of the points lie on it
+    centre: np.ndarray  # (2,) the mean of those points
+    direction: np.ndarray  # (2,) unit vector
+    start: float  # where along it, from the centre, its pixels start and end
+    end: float
+
+
+def _straight_arm(points: np.ndarray) -> _Arm | None:
+    """The straight line through most of `points` ((N, 2) x, y), found among lines through
+    pairs of them (seeded, so the same image always gives the same answer), refitted to its
+    pixels."""
+    rng = np.random.default_rng(0)
+    first, second = rng.integers(0, len(points), (2, 64))
+    step = points[second] - points[first]
+    length = np.hypot(step[:, 0], step[:, 1])
+    usable = length > 2 * CORNER_TOLERANCE
+    if not usable.any():
+        return None
+    normals = np.stack([-step[usable, 1], step[usable, 0]], 1) / length[usable, None]
+    offsets = np.abs((points[None] - points[first[usable], None]) * normals[:, None]).sum(-1)
+    on_line = offsets[int((offsets <= CORNER_TOLERANCE).sum(1).argmax())] <= CORNER_TOLERANCE
+    centre = points[on_line].mean(0)
+    direction = np.linalg.svd(points[on_line] - centre, full_matrices=False)[2][0]
+    normal = np.array([-direction[1], direction[0]])
+    on_line = np.abs((points - centre) @ normal) <= CORNER_TOLERANCE
+    centre = points[on_line].mean(0)
+    along = (points[on_line] - centre) @ direction
+    return _Arm(on_line, centre, direction, float(along.min()), float(along.max()))
+
+
+def _hairline_corner(pixels: np.ndarray) -> bool:
+    """Whether a component (bool) is two straight hairlines at a right angle that meet at
+    their ends (see CORNER_RATIO): an L, never a T or a 7's slanted stem."""
+    area = int(pixels.sum())
+    height, width = pixels.shape
+    # Length over width can reach CORNER_RATIO only if the bounding box's does (cheap).
+    if (height + width) ** 2 < CORNER_RATIO * area:
+        return False
+    ys, xs = np.nonzero(pixels)
+    points = np.stack([xs, ys], 1).astype(np.float64)
+    first = _straight_arm(points)
+    if first is None:
+        return False
+    rest = points[~first.on_line]
+    second = _straight_arm(rest) if len(rest) > 2 else None
+    if second is None or first.on_line.sum() + second.on_line.sum() < 0.95 * area:
+        return False
+    cosine = abs(float(first.direction @ second.direction))
+    if np.degrees(np.arccos(min(1.0, cosine))) < CORNER_ANGLE:
+        return False
+    lengths = [arm.end - arm.start + 1 for arm in (first, second)]
+    if sum(lengths) < CORNER_RATIO * area / sum(lengths):
+        return False
+    # Where the two lines cross, along each arm from its centre: near one of its ends.
+    crossing = np.linalg.solve(
+        np.stack([first.direction, -second.direction], 1), second.centre - first.centre
+    )
+    for arm, at, length in zip((first, second), crossing, lengths, strict=True):
+        if min(abs(at - arm.start), abs(at - arm.end)) > 0.2 * length:
+            return False
+    return True
+
+
 def _choose_digit(mask: np.ndarray, *, inner: bool = False) -> np.ndarray | None:
     """The digit's pixels (uint8 0/1): the best component and the pieces around it; None
     when nothing but specks is left (or, if `inner`, nothing clear of the border)."""
@@ -443,9 +514,9 @@ def _choose_digit(mask: np.ndarray, *, inner: bool = False) -> np.ndarray | None
         if score[best] <= 0:
             return None
         bx, by, bw, bh = int(x[best]), int(y[best]), int(w[best]), int(h[best])
-        elongation = _elongation(labels[by : by + bh, bx : bx + bw] == best + 1)
+        component = labels[by : by + bh, bx : bx + bw] == best + 1
         limit = EDGE_ELONGATION if touches[best] else HAIRLINE_ELONGATION
-        if elongation <= limit:
+        if _elongation(component) <= limit and not _hairline_corner(component):
             break
     else:
         return None

@@ -12,6 +12,7 @@ from PIL import Image, ImageFilter
 from app.config import DEFAULT_MAX_IMAGE_PIXELS
 from app.errors import NoDigit
 from app.imaging import prepare_image
+from app.ink import _hairline_corner
 from tests.imagegen import encode
 from training.data import Split
 
@@ -151,3 +152,42 @@ def test_noise_and_specks_are_no_digit() -> None:
         page[y : y + 2, x : x + 2] = 40  # dust
     with pytest.raises(NoDigit, match="specks"):
         prepare_image(encode(Image.fromarray(page), "JPEG"), DEFAULT_MAX_IMAGE_PIXELS)
+
+
+def _strokes(segments: list[tuple[int, int, int, int]], width: int) -> np.ndarray:
+    """A (SIDE, SIDE) bool mask of straight strokes (x0, y0, x1, y1) of `width` pixels."""
+    mask = np.zeros((SIDE, SIDE), np.uint8)
+    for x0, y0, x1, y1 in segments:
+        cv2.line(mask, (x0, y0), (x1, y1), 1, width)
+    return mask > 0
+
+
+def test_a_hairline_corner_is_no_digit() -> None:
+    # What a page's corner or a margin line meeting a ruling line leaves after the steps
+    # before: two straight hairlines at a right angle. Framed to 28x28 it reads as a 7 or a 1.
+    page = np.full((SIDE, SIDE), 215.0, np.float32)
+    page[_strokes([(110, 100, 250, 104), (250, 104, 247, 250)], 1)] = 120
+    image = Image.fromarray(page.astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.7))
+    with pytest.raises(NoDigit):
+        prepare_image(encode(image, "JPEG", quality=88), DEFAULT_MAX_IMAGE_PIXELS)
+
+
+@pytest.mark.parametrize(
+    ("segments", "width", "corner"),
+    [
+        ([(100, 100, 250, 104), (250, 104, 247, 250)], 1, True),  # an L of hairlines
+        ([(100, 100, 250, 96), (100, 100, 104, 260)], 2, True),  # another, tilted
+        ([(100, 250, 260, 250), (180, 250, 180, 90)], 1, False),  # a T: a 1 on its foot
+        ([(100, 100, 250, 100), (250, 100, 190, 260)], 1, False),  # a 7's slanted stem
+        ([(100, 100, 250, 104), (250, 104, 247, 250)], 7, False),  # a pen's L, not a hairline
+        ([(100, 100, 250, 104), (250, 104, 247, 250), (160, 180, 250, 180)], 1, False),  # 3 arms
+    ],
+    ids=["hairline-L", "tilted-L", "T", "seven", "thick-L", "three-arms"],
+)
+def test_hairline_corner_shape(
+    segments: list[tuple[int, int, int, int]], width: int, corner: bool
+) -> None:
+    mask = _strokes(segments, width)
+    ys, xs = np.nonzero(mask)
+    component = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    assert _hairline_corner(component) is corner
