@@ -6,11 +6,19 @@ Variants: `eager` (training.model.DigitSumNet rebuilt from the file's card and w
 `torchscript` (the file as torch.jit.load gives it), `frozen` (torch.jit.freeze of it, BatchNorm
 folded) and `optimized` (torch.jit.optimize_for_inference of the frozen one, which on CPU may also
 convert convolutions to oneDNN). Prints one JSON object on stdout.
+
+`int8` (CPU only, timed only when asked: `--variants optimized,int8 --int8-calibration
+../shared/data`) is a probe of the next lever, not what the service runs: the eager model with
+its trunk quantized to int8 by torch.ao's FX graph mode (x86 backend, static, observers
+calibrated on the first 2,048 images of MNIST's training split), scripted and frozen. Beside its
+speed it reports how often its digit differs from the file's on the 10,000 MNIST test images of
+tests/data (a count, not a choice: nothing is selected on it).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import statistics
@@ -19,19 +27,28 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from app.devices import exact_fp32_on_cuda
 
+if TYPE_CHECKING:
+    from training.model import DigitSumNet
+
 CARD_EXTRA_FILE = "metadata.json"
-VARIANTS = ("eager", "torchscript", "frozen", "optimized")
+VARIANTS = ("eager", "torchscript", "frozen", "optimized", "int8")
+DEFAULT_VARIANTS = VARIANTS[:4]
+CALIBRATION_IMAGES = 2048
+TEST_DATA = Path(__file__).resolve().parent.parent / "tests" / "data"  # MNIST's test split
 Model = Callable[[torch.Tensor, torch.Tensor], Any]
 
 
 def load_variants(
-    path: Path, device: torch.device, wanted: tuple[str, ...] = VARIANTS
+    path: Path,
+    device: torch.device,
+    wanted: tuple[str, ...] = DEFAULT_VARIANTS,
+    calibration: Path | None = None,
 ) -> tuple[dict[str, Model], dict[str, str]]:
     """Each wanted variant that could be built on `device`, and for the others why not."""
     extra = {CARD_EXTRA_FILE: ""}
@@ -39,11 +56,18 @@ def load_variants(
     scripted = loaded.eval()
     models: dict[str, Model] = {"torchscript": scripted}
     skipped: dict[str, str] = {}
-    if "eager" in wanted:
+    if "eager" in wanted or "int8" in wanted:
         try:
-            models["eager"] = rebuild_eager(scripted, extra[CARD_EXTRA_FILE], device)
+            eager = rebuild_eager(scripted, extra[CARD_EXTRA_FILE], device)
+            if "eager" in wanted:
+                models["eager"] = eager
+            if "int8" in wanted:
+                if device.type != "cpu" or calibration is None:
+                    skipped["int8"] = "CPU only, and needs --int8-calibration"
+                else:
+                    models["int8"] = quantize_int8(eager, calibration)
         except Exception as exc:  # a card or class that drifted from the file: report, go on
-            skipped["eager"] = f"{type(exc).__name__}: {exc}"
+            skipped["eager/int8"] = f"{type(exc).__name__}: {exc}"
     try:
         if "frozen" in wanted:
             models["frozen"] = torch.jit.freeze(scripted)
@@ -55,7 +79,9 @@ def load_variants(
     return models, skipped
 
 
-def rebuild_eager(scripted: torch.jit.ScriptModule, card_text: str, device: torch.device) -> Model:
+def rebuild_eager(
+    scripted: torch.jit.ScriptModule, card_text: str, device: torch.device
+) -> DigitSumNet:
     """DigitSumNet with the card's config and the file's weights, checked against the file."""
     from training.model import DigitSumNet, ModelConfig  # bench only; the service never does this
 
@@ -84,6 +110,44 @@ def rebuild_eager(scripted: torch.jit.ScriptModule, card_text: str, device: torc
     if worst > 1e-4:
         raise ValueError(f"eager rebuild differs from the file by {worst:.2e}")
     return eager
+
+
+def quantize_int8(eager: DigitSumNet, data_dir: Path) -> Model:
+    """`eager` with its trunk quantized to int8 (see the module's docstring), scripted, frozen."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    from training.data import load_split, raw_dir
+
+    torch.backends.quantized.engine = "x86"
+    model = copy.deepcopy(eager).eval()
+    images = load_split(raw_dir(data_dir), "train").images[:CALIBRATION_IMAGES]
+    # The trunk sees normalised images: the module normalises before it (DigitSumNet.embed).
+    normalised = (images - model.mean) / model.std
+    trunk = prepare_fx(model.trunk, get_default_qconfig_mapping("x86"), (normalised[:8],))
+    with torch.no_grad():
+        for batch in normalised.split(256):
+            trunk(batch)  # the observers record each layer's range
+    model.trunk = convert_fx(trunk)  # type: ignore[assignment]  # a GraphModule, not a Sequential
+    frozen: Model = torch.jit.freeze(torch.jit.script(model))
+    return frozen
+
+
+@torch.inference_mode()
+def digit_disagreement(models: dict[str, Model], data_dir: Path) -> dict[str, int]:
+    """For each variant, on how many MNIST test images its digit differs from the file's."""
+    from training.data import load_split, raw_dir
+
+    images = load_split(raw_dir(data_dir), "t10k").images.split(500)
+    numbers = torch.zeros(500, dtype=torch.long)
+    digits = {
+        name: torch.cat([model(x, numbers[: len(x)])[0].argmax(1) for x in images])
+        for name, model in models.items()
+    }
+    reference = digits["torchscript"]
+    return {
+        name: int((d != reference).sum()) for name, d in digits.items() if name != "torchscript"
+    }
 
 
 @torch.inference_mode()
@@ -123,9 +187,10 @@ def measure(
     device: torch.device,
     batch_sizes: list[int],
     seconds: float,
-    variants: tuple[str, ...] = VARIANTS,
+    variants: tuple[str, ...] = DEFAULT_VARIANTS,
+    calibration: Path | None = None,
 ) -> dict[str, Any]:
-    models, skipped = load_variants(path, device, variants)
+    models, skipped = load_variants(path, device, variants, calibration)
     rows: list[dict[str, Any]] = []
     for name in [v for v in VARIANTS if v in models and v in variants]:
         # Timed inside the try too: a variant can build and still fail at its first calls
@@ -145,13 +210,16 @@ def measure(
             continue
         rows += timed
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {
+    result = {
         "device": str(device),
         "device_name": name,
         "rows": rows,
         "skipped": skipped,
         "max_abs_diff_vs_torchscript": agreement(models, device),
     }
+    if "int8" in models:
+        result["mnist_test_digits_differing"] = digit_disagreement(models, TEST_DATA)
+    return result
 
 
 @torch.inference_mode()
@@ -202,8 +270,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
-        help=f"comma-separated variants to time (default: {','.join(VARIANTS)})",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated variants to time, of {','.join(VARIANTS)} "
+        f"(default: {','.join(DEFAULT_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--int8-calibration",
+        type=Path,
+        default=None,
+        help="data folder with MNIST's training split, for the int8 variant's observers",
     )
     parser.add_argument(
         "--devices",
@@ -245,7 +320,14 @@ def main(argv: list[str] | None = None) -> int:
         "cuda_fuser": args.cuda_fuser if "cuda" in devices else None,
         "torch": torch.__version__,
         "devices": [
-            measure(args.model, torch.device(d), batch_sizes, args.seconds, variants)
+            measure(
+                args.model,
+                torch.device(d),
+                batch_sizes,
+                args.seconds,
+                variants,
+                args.int8_calibration,
+            )
             for d in devices
         ],
     }

@@ -212,7 +212,10 @@ def test_model_only_reports_a_variant_that_fails_when_run_and_times_the_others(
     real_load = model_only.load_variants
 
     def with_a_broken_variant(
-        path: Path, device: torch.device, wanted: tuple[str, ...] = model_only.VARIANTS
+        path: Path,
+        device: torch.device,
+        wanted: tuple[str, ...] = model_only.DEFAULT_VARIANTS,
+        calibration: Path | None = None,
     ) -> tuple[dict[str, model_only.Model], dict[str, str]]:
         models, skipped = real_load(path, device, ("torchscript",))
 
