@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -160,12 +161,16 @@ class RunningServer:
         if self.cpus:
             argv = ["taskset", "-c", ",".join(map(str, self.cpus)), *argv]
         with self.log_path.open("wb") as log:
+            # Its own process group, stopped whole: LitServe forks its HTTP and inference
+            # workers, which outlive its main process and would go on taking CPU from the
+            # servers measured after it.
             self.process = subprocess.Popen(
                 argv,
                 env=dict(os.environ, **self.spec.env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         try:
             self._wait_until_answering()
@@ -214,12 +219,21 @@ class RunningServer:
         )
 
     def stop(self) -> None:
-        """SIGTERM (graceful), then SIGKILL after 30 s; only ever our own child process."""
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM to the server's process group (graceful), SIGKILL after 30 s; then SIGKILL
+        to whatever of the group is left (workers a server forked and did not stop). Only ever
+        the group this RunningServer started."""
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.process.wait()
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):  # nothing of the group is left
+            os.killpg(self.process.pid, sig)

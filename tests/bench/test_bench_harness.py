@@ -10,13 +10,14 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from bench import model_only, payload, report, run
+from bench import model_only, payload, report, run, servers
 from bench.wrk import WrkError, parse_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -234,3 +235,52 @@ def test_model_only_reports_a_variant_that_fails_when_run_and_times_the_others(
     ]
     assert result["skipped"] == {"frozen": "RuntimeError: fusion group failed to compile"}
     assert result["max_abs_diff_vs_torchscript"] == {}
+
+
+# A server that forks a worker and leaves it running when it is stopped, as LitServe does: its
+# main process answers /predict and ends on SIGTERM; the worker ignores SIGTERM.
+FORKING_SERVER = """
+import http.server, json, subprocess, sys
+worker = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+open(sys.argv[2], "w").write(str(worker.pid))
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"digit": 7, "sum": 7}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_a_stopped_server_leaves_no_process_behind(tmp_path: Path) -> None:
+    port = servers.free_port()
+    pid_file = tmp_path / "worker.pid"
+    spec = servers.ServerSpec(
+        "forking",
+        "forks a worker",
+        [sys.executable, "-c", FORKING_SERVER, str(port), str(pid_file)],
+    )
+    body, content_type = payload.single_body(b"png", 3), payload.CONTENT_TYPE
+    with servers.RunningServer(spec, port, None, tmp_path / "log", body, content_type):
+        worker = int(pid_file.read_text())
+        assert _running(worker)
+    deadline = time.monotonic() + 10
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(worker)
