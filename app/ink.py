@@ -26,7 +26,8 @@ measurements):
    false ink there.
 5. Components: what is left is cut into connected components; specks are dropped, and so is
    what cannot be a digit: anything touching two sides of the picture, a long thin stroke
-   touching one, a hairline straight enough to be a fold or an edge. The digit is the
+   touching one, a hairline straight enough to be a fold or an edge, two hairlines meeting at
+   a right angle (a page's corner, a margin line meeting a ruling line). The digit is the
    component with the most ink near the centre (those touching the border count for less),
    merged with the pieces of a broken stroke around it.
 
@@ -448,6 +449,8 @@ def _straight_arm(points: np.ndarray) -> _Arm | None:
     direction = np.linalg.svd(points[on_line] - centre, full_matrices=False)[2][0]
     normal = np.array([-direction[1], direction[0]])
     on_line = np.abs((points - centre) @ normal) <= CORNER_TOLERANCE
+    if not on_line.any():  # the refitted line runs between two clusters: no arm
+        return None
     centre = points[on_line].mean(0)
     along = (points[on_line] - centre) @ direction
     return _Arm(on_line, centre, direction, float(along.min()), float(along.max()))
@@ -474,7 +477,7 @@ def _hairline_corner(pixels: np.ndarray) -> bool:
     if np.degrees(np.arccos(min(1.0, cosine))) < CORNER_ANGLE:
         return False
     lengths = [arm.end - arm.start + 1 for arm in (first, second)]
-    if sum(lengths) < CORNER_RATIO * area / sum(lengths):
+    if sum(lengths) ** 2 < CORNER_RATIO * area:  # length over mean width (area / length)
         return False
     # Where the two lines cross, along each arm from its centre: near one of its ends.
     crossing = np.linalg.solve(
