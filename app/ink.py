@@ -199,26 +199,19 @@ def _grow(chosen: np.ndarray, weak: np.ndarray) -> np.ndarray:
     joined = np.zeros(count, bool)
     joined[labels[chosen > 0]] = True
     joined[0] = False
-    grown = joined[labels]
+    grown = joined[labels].astype(np.uint8)
     height, width = chosen.shape
-
-    def extent(pixels: np.ndarray) -> tuple[int, int, int, int]:
-        rows, cols = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
-        return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-
-    top, bottom, left, right = extent(chosen > 0)
-    g_top, g_bottom, g_left, g_right = extent(grown)
-    side = max(bottom - top, right - left) + 1
-    grown_side = max(g_bottom - g_top, g_right - g_left) + 1
+    left, top, w, h = cv2.boundingRect(chosen)  # the box of the non-zero pixels
+    g_left, g_top, g_w, g_h = cv2.boundingRect(grown)
     reaches_border = (
         (g_top == 0 < top)
         or (g_left == 0 < left)
-        or (g_bottom == height - 1 > bottom)
-        or (g_right == width - 1 > right)
+        or (g_top + g_h == height > top + h)
+        or (g_left + g_w == width > left + w)
     )
-    if grown_side > GROW_LIMIT * side or reaches_border:
+    if max(g_w, g_h) > GROW_LIMIT * max(w, h) or reaches_border:
         return chosen
-    return grown.astype(np.uint8)
+    return grown
 
 
 def _small_copy(grey: np.ndarray) -> np.ndarray:
