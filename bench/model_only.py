@@ -56,18 +56,24 @@ def load_variants(
     scripted = loaded.eval()
     models: dict[str, Model] = {"torchscript": scripted}
     skipped: dict[str, str] = {}
+    eager = None
     if "eager" in wanted or "int8" in wanted:
         try:
             eager = rebuild_eager(scripted, extra[CARD_EXTRA_FILE], device)
-            if "eager" in wanted:
-                models["eager"] = eager
-            if "int8" in wanted:
-                if device.type != "cpu" or calibration is None:
-                    skipped["int8"] = "CPU only, and needs --int8-calibration"
-                else:
-                    models["int8"] = quantize_int8(eager, calibration)
         except Exception as exc:  # a card or class that drifted from the file: report, go on
-            skipped["eager/int8"] = f"{type(exc).__name__}: {exc}"
+            for name in ("eager", "int8"):
+                if name in wanted:
+                    skipped[name] = f"{type(exc).__name__}: {exc}"
+    if eager is not None and "eager" in wanted:
+        models["eager"] = eager
+    if eager is not None and "int8" in wanted:
+        if device.type != "cpu" or calibration is None:
+            skipped["int8"] = "CPU only, and needs --int8-calibration"
+        else:
+            try:
+                models["int8"] = quantize_int8(eager, calibration)
+            except Exception as exc:  # torch.ao's quantization may not build here: report it
+                skipped["int8"] = f"{type(exc).__name__}: {exc}"
     try:
         if "frozen" in wanted:
             models["frozen"] = torch.jit.freeze(scripted)

@@ -262,7 +262,7 @@ def _running(pid: int) -> bool:
     """Whether `pid` is a live process (a zombie waiting to be reaped is not)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
+    except FileNotFoundError:
         return False
     return state != "Z"
 
