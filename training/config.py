@@ -24,6 +24,8 @@ class TrainConfig:
     glyph_negatives: int = 20_000
     glyph_batch: int = 32
     negative_batch: int = 24
+    page_photos: int = 0
+    page_batch: int = 6
     not_digit_weight: float = 1.0
     lr: float = 3e-3
     weight_decay: float = 5e-4
@@ -105,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.negative_batch,
         help="non-digits added to each step's batch",
+    )
+    p.add_argument(
+        "--page-photos",
+        type=int,
+        default=d.page_photos,
+        help="blank-page photos put through the service's pipeline to mine page negatives "
+        "(training/pages.py; 14000 gives about 730); 0: none, as the shipped model "
+        "(docs/model.md, runs 6 and 7)",
+    )
+    p.add_argument(
+        "--page-batch",
+        type=int,
+        default=d.page_batch,
+        help="page negatives added to each step's batch, when --page-photos mines some",
     )
     p.add_argument(
         "--not-digit-weight",

@@ -144,6 +144,7 @@ class ValidationScores:
     mnist: Metrics
     glyph_digit_accuracy: float
     glyph_negatives_refused: float  # at probability 0.5
+    page_negatives_refused: float | None = None  # reported, not scored: their count is small
 
     @property
     def score(self) -> float:
@@ -161,25 +162,44 @@ class ValidationScores:
             "val_consistency": self.mnist.consistency,
             "val_glyph_digit_accuracy": round(self.glyph_digit_accuracy, 6),
             "val_glyph_negatives_refused": round(self.glyph_negatives_refused, 6),
-        }
+        } | (
+            {}
+            if self.page_negatives_refused is None
+            else {"val_page_negatives_refused": round(self.page_negatives_refused, 6)}
+        )
 
 
 @torch.inference_mode()
 def score_validation(
-    model: PairModel, val: Split, glyphs: GlyphPool, device: torch.device
+    model: PairModel,
+    val: Split,
+    glyphs: GlyphPool,
+    device: torch.device,
+    pages: GlyphPool | None = None,
 ) -> ValidationScores:
     mnist = evaluate_pairs(model, val, device)
     digits, negatives = glyphs.digits, glyphs.negatives
-    correct = refused = 0
+    correct = 0
     for start in range(0, len(digits), 1000):
         features = model.embed(digits.images[start : start + 1000].to(device))
         numbers = torch.zeros(features.shape[0], dtype=torch.long, device=device)
         predicted = model.heads(features, numbers)[0].argmax(1)
         correct += int((predicted == digits.labels[start : start + 1000].to(device)).sum())
-    for start in range(0, len(negatives), 1000):
-        features = model.embed(negatives.images[start : start + 1000].to(device))
+    return ValidationScores(
+        mnist,
+        correct / max(len(digits), 1),
+        _refused(model, negatives, device),
+        _refused(model, pages, device) if pages is not None and len(pages) else None,
+    )
+
+
+def _refused(model: PairModel, pool: GlyphPool, device: torch.device) -> float:
+    """The share of `pool` the not-digit head refuses at probability 0.5."""
+    refused = 0
+    for start in range(0, len(pool), 1000):
+        features = model.embed(pool.images[start : start + 1000].to(device))
         refused += int((model.not_digit(features) >= 0).sum())
-    return ValidationScores(mnist, correct / max(len(digits), 1), refused / max(len(negatives), 1))
+    return refused / max(len(pool), 1)
 
 
 def main(argv: list[str] | None = None) -> int:

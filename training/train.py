@@ -41,6 +41,7 @@ from training.data import (
 )
 from training.evaluate import Metrics, evaluate_pairs, score_validation
 from training.model import NUM_SUMS, DigitSumNet
+from training.pages import cached_pages
 from training.synthetic import GlyphPool, cached_pool
 
 SMOKE_TRAIN_IMAGES = 512
@@ -50,6 +51,8 @@ SMOKE_GLYPHS = 200  # digits; half as many negatives
 SMOKE_MAX_EPOCHS = 2
 VAL_GLYPH_DIGITS = 3_000  # synthetic validation glyphs: train sources, another seed
 VAL_GLYPH_NEGATIVES = 2_000
+VAL_PAGE_PHOTOS = 4_000  # blank-page photos of another seed, for the validation page negatives
+SMOKE_PAGE_PHOTOS = 20
 # The schedule and the data order depend on these; a resumed run must keep them.
 RESUME_MUST_MATCH = ("epochs", "batch_size", "lr", "seed", "smoke")
 
@@ -141,12 +144,14 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     train: Split,
     glyphs: GlyphPool,
+    pages: GlyphPool,
     cfg: TrainConfig,
     epoch: int,
     rt: Runtime,
 ) -> float:
     """One pass over this process's MNIST shard, each step's batch topped up with synthetic
-    digits and non-digits drawn from `glyphs`; returns the mean training loss."""
+    digits and non-digits drawn from `glyphs`, and page negatives from `pages`; returns the
+    mean training loss."""
     model.train()
     indices, numbers = epoch_batches(len(train), cfg, epoch, rt)
     aug_generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 131 + rt.rank)
@@ -165,7 +170,11 @@ def train_one_epoch(
     for step in bar:
         batch = indices[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(rt.device)
         images, labels = [train.images[batch]], [train.labels[batch]]
-        for pool, count in ((digit_pool, cfg.glyph_batch), (negative_pool, cfg.negative_batch)):
+        for pool, count in (
+            (digit_pool, cfg.glyph_batch),
+            (negative_pool, cfg.negative_batch),
+            (pages, cfg.page_batch),
+        ):
             if len(pool) and count:
                 pick = torch.randint(0, len(pool), (count,), generator=aug_generator)
                 images.append(pool.images[pick.to(pool.images.device)])
@@ -217,6 +226,8 @@ class Data:
     test: Split
     glyphs: GlyphPool
     val_glyphs: GlyphPool
+    pages: GlyphPool  # page negatives (training/pages.py), empty unless --page-photos
+    val_pages: GlyphPool
     checksums: dict[str, str]
 
 
@@ -225,7 +236,9 @@ def load_data(cfg: TrainConfig, device: torch.device) -> Data:
     train, test = load_split(folder, "train"), load_split(folder, "t10k")
     val_images, digits, negatives = cfg.val_images, cfg.glyph_digits, cfg.glyph_negatives
     val_digits, val_negatives = VAL_GLYPH_DIGITS, VAL_GLYPH_NEGATIVES
+    page_photos, val_page_photos = cfg.page_photos, VAL_PAGE_PHOTOS if cfg.page_photos else 0
     if cfg.smoke:
+        page_photos, val_page_photos = min(page_photos, SMOKE_PAGE_PHOTOS), 0
         train, test = train.head(SMOKE_TRAIN_IMAGES), test.head(SMOKE_TEST_IMAGES)
         val_images = min(val_images, SMOKE_VAL_IMAGES)
         digits, negatives = min(digits, SMOKE_GLYPHS), min(negatives, SMOKE_GLYPHS // 2)
@@ -235,6 +248,9 @@ def load_data(cfg: TrainConfig, device: torch.device) -> Data:
     try:
         glyphs = cached_pool(cache, "train", digits, negatives, cfg.seed)
         val_glyphs = cached_pool(cache, "train", val_digits, val_negatives, cfg.seed + 1)
+        workers = max(1, min(os.cpu_count() or 1, cfg.threads or (os.cpu_count() or 1)))
+        pages = cached_pages(cache, page_photos, cfg.seed, workers)
+        val_pages = cached_pages(cache, val_page_photos, cfg.seed + 1, workers)
     except (OSError, RuntimeError) as exc:  # a font missing, an unwritable cache
         raise DataError(f"cannot render the synthetic glyphs: {exc}") from exc
     return Data(
@@ -243,6 +259,8 @@ def load_data(cfg: TrainConfig, device: torch.device) -> Data:
         test.to(device),
         glyphs.to(device),
         val_glyphs.to(device),
+        pages.to(device),
+        val_pages.to(device),
         dataset_checksums(folder),
     )
 
@@ -308,6 +326,8 @@ def build_card(
                 "negatives": len(data.glyphs.negatives),
                 "validation_digits": len(data.val_glyphs.digits),
                 "validation_negatives": len(data.val_glyphs.negatives),
+                "page_negatives": len(data.pages),
+                "validation_page_negatives": len(data.val_pages),
             },
         },
         "selection": selection,
@@ -426,7 +446,8 @@ def run(cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str]) -> int:
         print(
             f"training on {rt.device} x{rt.world_size}: {len(train):,} MNIST images "
             f"(+{len(data.glyphs.digits):,} synthetic digits, {len(data.glyphs.negatives):,} "
-            f"non-digits), {export.count_parameters(model):,} parameters; "
+            f"non-digits, {len(data.pages):,} page negatives), "
+            f"{export.count_parameters(model):,} parameters; "
             f"validation: {len(data.val):,} MNIST images, {len(data.val_glyphs):,} glyphs",
             flush=True,
         )
@@ -434,14 +455,16 @@ def run(cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str]) -> int:
     for epoch in range(first_epoch, cfg.epochs + 1):
         synchronize(rt.device)
         start = time.perf_counter()
-        loss = train_one_epoch(net, ema, optimizer, scheduler, train, data.glyphs, cfg, epoch, rt)
+        loss = train_one_epoch(
+            net, ema, optimizer, scheduler, train, data.glyphs, data.pages, cfg, epoch, rt
+        )
         synchronize(rt.device)
         seconds = time.perf_counter() - start
         train_seconds += seconds
         if rt.is_main:
             ema.eval()
             scores = score_validation(
-                cast(DigitSumNet, ema.module), data.val, data.val_glyphs, rt.device
+                cast(DigitSumNet, ema.module), data.val, data.val_glyphs, rt.device, data.val_pages
             )
             history.append(
                 {"epoch": epoch, "train_loss": round(loss, 5), "seconds": round(seconds, 2)}
@@ -459,7 +482,13 @@ def run(cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str]) -> int:
                 f"epoch {epoch:3d}/{cfg.epochs}  loss {loss:.4f}  val: digit "
                 f"{scores.mnist.digit_accuracy:.2%}  sum {scores.mnist.sum_accuracy:.2%}  "
                 f"glyphs {scores.glyph_digit_accuracy:.2%}  non-digits refused "
-                f"{scores.glyph_negatives_refused:.2%}  {seconds:.1f}s",
+                f"{scores.glyph_negatives_refused:.2%}  "
+                + (
+                    ""
+                    if scores.page_negatives_refused is None
+                    else f"pages refused {scores.page_negatives_refused:.2%}  "
+                )
+                + f"{seconds:.1f}s",
                 flush=True,
             )
             save_state(

@@ -113,6 +113,31 @@ def test_training_runs_from_a_source_tree_without_the_project_installed(
     assert card["version"] == __version__
 
 
+def test_page_negatives_are_mined_only_when_asked_and_reach_the_training_batches(
+    sliced_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_epoch = train_module.train_one_epoch
+    seen: list[int] = []
+
+    def counting_pages(*args: Any, **kwargs: Any) -> float:
+        seen.append(len(args[6]))  # the page pool
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", counting_pages)
+    assert main(_smoke_args(sliced_mnist, tmp_path / "off", "--epochs", "1")) == 0
+    off = json.loads((tmp_path / "off" / "digitsum.json").read_text())
+    assert off["dataset"]["synthetic"]["page_negatives"] == 0
+    assert not list((tmp_path / "off").glob("pages-*.pt"))  # nothing mined, nothing cached
+    assert seen == [0]
+
+    args = _smoke_args(sliced_mnist, tmp_path / "on", "--epochs", "1", "--page-photos", "20")
+    assert main(args) == 0
+    on = json.loads((tmp_path / "on" / "digitsum.json").read_text())
+    assert on["dataset"]["synthetic"]["page_negatives"] >= 1
+    assert on["training"]["config"]["page_photos"] == 20
+    assert seen[1] == on["dataset"]["synthetic"]["page_negatives"]
+
+
 def test_run_killed_mid_epoch_leaves_outputs_untouched_and_resumes(
     sliced_mnist: Path,
     tmp_path: Path,
@@ -125,7 +150,7 @@ def test_run_killed_mid_epoch_leaves_outputs_untouched_and_resumes(
     real_epoch = train_module.train_one_epoch
 
     def killed_in_epoch_2(*args: Any, **kwargs: Any) -> float:
-        if args[7] == 2:  # epoch
+        if args[8] == 2:  # epoch
             raise KeyboardInterrupt  # what Ctrl-C or a SIGINT does mid-epoch
         return real_epoch(*args, **kwargs)
 
