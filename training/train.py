@@ -26,6 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from app import __version__
+from app.config import available_cpus
 from app.devices import DeviceError, resolve_device
 from training import calibrate, export, plots
 from training.atomic import atomic_write
@@ -248,7 +249,7 @@ def load_data(cfg: TrainConfig, device: torch.device) -> Data:
     try:
         glyphs = cached_pool(cache, "train", digits, negatives, cfg.seed)
         val_glyphs = cached_pool(cache, "train", val_digits, val_negatives, cfg.seed + 1)
-        workers = max(1, min(os.cpu_count() or 1, cfg.threads or (os.cpu_count() or 1)))
+        workers = min(available_cpus(), cfg.threads or available_cpus())  # mining processes
         pages = cached_pages(cache, page_photos, cfg.seed, workers)
         val_pages = cached_pages(cache, val_page_photos, cfg.seed + 1, workers)
     except (OSError, RuntimeError) as exc:  # a font missing, an unwritable cache
