@@ -10,8 +10,6 @@ not-a-digit example for training (training/train.py) and validation.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -21,8 +19,7 @@ import torch
 from app import imaging, ink
 from app.errors import ServiceError
 from training import scenes
-from training.atomic import atomic_write
-from training.synthetic import NOT_A_DIGIT, GlyphPool
+from training.synthetic import NOT_A_DIGIT, GlyphPool, cached
 
 STREAM = 7  # keeps these photos' random streams apart from training.fieldset's
 _GLYPH_SIDE = 96  # a blank glyph of training.fieldset's side: the same scene framing
@@ -64,18 +61,12 @@ def mine_pages(photos: int, seed: int, workers: int = 1) -> GlyphPool:
 def cached_pages(cache_dir: Path, photos: int, seed: int, workers: int = 1) -> GlyphPool:
     """mine_pages, kept in `cache_dir` keyed by its arguments and the bytes of the code that
     makes the photos and prepares them (a changed pipeline mines again)."""
-    code = (
-        b"".join(Path(m.__file__).read_bytes() for m in (scenes, imaging, ink) if m.__file__)
-        + Path(__file__).read_bytes()
-    )
     if photos <= 0:
         return mine_pages(0, seed)  # nothing to mine, nothing to keep
-    key = json.dumps(["pages", photos, seed, hashlib.sha256(code).hexdigest()])
-    path = cache_dir / f"pages-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-    if path.exists():
-        saved = torch.load(path, weights_only=True)
-        return GlyphPool(saved["images"], saved["labels"])
-    pool = mine_pages(photos, seed, workers)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save({"images": pool.images, "labels": pool.labels}, tmp))
-    return pool
+    code = [Path(m.__file__) for m in (scenes, imaging, ink) if m.__file__]
+    return cached(
+        cache_dir / "pages",
+        ["pages", photos, seed],
+        [*code, Path(__file__)],
+        lambda: mine_pages(photos, seed, workers),
+    )

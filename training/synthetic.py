@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,13 +111,26 @@ def render_pool(split: str, digits: int, negatives: int, seed: int) -> GlyphPool
 def cached_pool(cache_dir: Path, split: str, digits: int, negatives: int, seed: int) -> GlyphPool:
     """render_pool, kept in `cache_dir` keyed by its arguments and the glyph code's own bytes,
     so a resumed or repeated training does not render the same glyphs again."""
-    code = Path(glyphs.__file__).read_bytes() + Path(__file__).read_bytes()
-    key = json.dumps([split, digits, negatives, seed, hashlib.sha256(code).hexdigest()])
-    path = cache_dir / f"glyphs-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    return cached(
+        cache_dir / "glyphs",
+        [split, digits, negatives, seed],
+        [Path(glyphs.__file__), Path(__file__)],
+        lambda: render_pool(split, digits, negatives, seed),
+    )
+
+
+def cached(
+    stem: Path, args: list[object], code: list[Path], make: Callable[[], GlyphPool]
+) -> GlyphPool:
+    """`make()`, saved as `<stem>-<hash>.pt` and read back from there, the hash taken over `args`
+    and the bytes of the `code` files that make the pool (changed code makes it again)."""
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in code)).hexdigest()
+    key = json.dumps([*args, digest])
+    path = stem.parent / f"{stem.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if path.exists():
         saved = torch.load(path, weights_only=True)
         return GlyphPool(saved["images"], saved["labels"])
-    pool = render_pool(split, digits, negatives, seed)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    pool = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save({"images": pool.images, "labels": pool.labels}, tmp))
     return pool
