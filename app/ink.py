@@ -26,8 +26,9 @@ measurements):
    false ink there.
 5. Components: what is left is cut into connected components; specks are dropped, and so is
    what cannot be a digit: anything touching two sides of the picture, a long thin stroke
-   touching one, a hairline straight enough to be a fold or an edge, two hairlines meeting at
-   a right angle (a page's corner, a margin line meeting a ruling line). The digit is the
+   touching one, a mark touching one that is small for the picture (a digit cut by the frame
+   is a close crop), a hairline straight enough to be a fold or an edge, two hairlines meeting
+   at a right angle (a page's corner, a margin line meeting a ruling line). The digit is the
    component with the most ink near the centre (those touching the border count for less),
    merged with the pieces of a broken stroke around it.
 
@@ -68,6 +69,9 @@ LINE_SPAN = 0.75  # a ruling line runs across at least this share of the image
 LINE_INK_RATIO = 1.6  # ink on a line this much darker than the line is a pen stroke
 SPECK = 0.0004  # components under this share of the image's area are specks
 MIN_DIGIT_SIDE = 0.04  # the digit's larger side is at least this share of the image's
+# A digit cut by the picture's frame is a close crop, so it fills much of the picture; a small
+# mark at the frame of a larger picture is a page's rim, a shadow's edge or the desk.
+EDGE_DIGIT_SIDE = 0.15  # so a component touching the frame must be this share of its longer side
 PIECE_REACH = 0.35  # pieces within this share of the digit's size around it are its own
 DESK_CONTRAST = 0.2  # a desk is at least this much darker than the page (grey levels 0..1)
 DESK_SHARE = 0.02  # and shows in at least this share of the picture
@@ -510,6 +514,8 @@ def _choose_digit(mask: np.ndarray, *, inner: bool = False) -> np.ndarray | None
         if score[best] <= 0:
             return None
         bx, by, bw, bh = int(x[best]), int(y[best]), int(w[best]), int(h[best])
+        if touches[best] and max(bw, bh) < EDGE_DIGIT_SIDE * max(height, width):
+            continue
         component = labels[by : by + bh, bx : bx + bw] == best + 1
         limit = EDGE_ELONGATION if touches[best] else HAIRLINE_ELONGATION
         if _elongation(component) <= limit and not _hairline_corner(component):

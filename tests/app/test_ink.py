@@ -3,6 +3,8 @@ through app.imaging.prepare_image)."""
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
@@ -191,3 +193,28 @@ def test_hairline_corner_shape(
     ys, xs = np.nonzero(mask)
     component = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     assert _hairline_corner(component) is corner
+
+
+def _page_with_mark(left: int, width: int) -> bytes:
+    """A blank page (a JPEG of SIDE x SIDE) with one dark upright mark, 40 pixels tall."""
+    page = np.full((SIDE, SIDE), 215.0, np.float32)
+    page[150:190, left : left + width] = 90
+    image = Image.fromarray(page.astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.7))
+    return encode(image, "JPEG", quality=88)
+
+
+def test_a_small_mark_at_the_frame_is_no_digit() -> None:
+    # What a shadow's edge, the desk or a page's rim leaves at the picture's frame: a mark
+    # touching the border, small for the picture. The same mark inside the page is read (as a
+    # 1), so it is where it lies that refuses it.
+    with pytest.raises(NoDigit):
+        prepare_image(_page_with_mark(SIDE - 12, 12), DEFAULT_MAX_IMAGE_PIXELS)
+    assert prepare_image(_page_with_mark(174, 12), DEFAULT_MAX_IMAGE_PIXELS).pixels.any()
+
+
+def test_a_digit_cut_by_the_frame_is_still_read(mnist_test: Split) -> None:
+    # A close crop: the digit fills most of the picture and runs off one side of it.
+    page = Image.open(io.BytesIO(_scene(mnist_test.images[0])))
+    crop = page.crop((150, 60, 320, 310))  # the digit's left part is cut away
+    cut = prepare_image(encode(crop, "JPEG", quality=88), DEFAULT_MAX_IMAGE_PIXELS).pixels
+    assert cut.any()
