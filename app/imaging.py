@@ -65,6 +65,9 @@ CENTRE = 14.0  # where MNIST puts a digit's centre of mass (row, column)
 NOISE_FLOOR = 0.15
 WORK_SIDE = ink.WORK_SIDE  # larger images are shrunk to this side before any per-pixel float work
 DRAFT_SIDE = 480  # JPEGs larger than this are decoded at reduced scale, but not below it
+# Grey level (0..1) above which the middle of a photo is paper, not a dark canvas: dark-mode
+# drawing apps and boards sit far below it, a page in a hand's shadow above it.
+PAPER_LEVEL = 0.35
 
 
 @dataclass(frozen=True)
@@ -308,11 +311,13 @@ def _to_white_on_black(grey: np.ndarray) -> tuple[np.ndarray, bool]:
     flipped = 1.0 - border if inverted else border
     if np.count_nonzero(flipped) < half:  # median 0: a synthetic background, nothing to remove
         return (1.0 - grey if inverted else grey), inverted
-    # A photo: which way round the ink is, the middle of the picture says (where the digit's
-    # paper is; the border may be a dark desk around a white page).
+    # A photo: which way round the ink is. A border mostly light is paper (in a close crop a
+    # bold marker digit fills the middle with ink). Otherwise the middle of the picture says,
+    # where the digit's paper is (the border may be a dark desk around a white page): paper,
+    # even in a shadow, is lighter than a dark canvas.
     height, width = grey.shape
     middle = grey[height // 4 : height - height // 4, width // 4 : width - width // 4]
-    inverted = float(np.median(middle)) > 0.5
+    inverted = inverted or float(np.median(middle)) > PAPER_LEVEL
     return ink.digit_ink(grey if inverted else 1.0 - grey).pixels, inverted
 
 

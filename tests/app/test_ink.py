@@ -218,3 +218,30 @@ def test_a_digit_cut_by_the_frame_is_still_read(mnist_test: Split) -> None:
     crop = page.crop((150, 60, 320, 310))  # the digit's left part is cut away
     cut = prepare_image(encode(crop, "JPEG", quality=88), DEFAULT_MAX_IMAGE_PIXELS).pixels
     assert cut.any()
+
+
+def test_paper_in_a_shadow_is_still_paper(mnist_test: Split) -> None:
+    # A page darker than mid-grey (a hand's shadow over all of it) with dark ink on it: the ink
+    # is the digit, not the paper around it.
+    for i in range(3):
+        digit = mnist_test.images[i]
+        alone = prepare_image(_scene(digit), DEFAULT_MAX_IMAGE_PIXELS)
+        shaded = prepare_image(
+            _scene(digit, paper=100.0, ink=(15.0, 15.0, 20.0)), DEFAULT_MAX_IMAGE_PIXELS
+        )
+        assert shaded.inverted  # dark ink on paper, made white on black
+        assert _similarity(alone.pixels, shaded.pixels) > 0.9, i
+
+
+def test_a_close_crop_of_a_bold_digit_is_dark_ink_on_paper(mnist_test: Split) -> None:
+    # A thick marker digit cropped close: its ink covers most of the middle of the picture,
+    # the paper shows along the border.
+    bold = torch.from_numpy(cv2.dilate(mnist_test.images[1][0].numpy(), np.ones((3, 3))))[None]
+    page = Image.open(io.BytesIO(_scene(bold, ink=(20.0, 20.0, 30.0))))
+    crop = page.crop((110, 95, 280, 275))
+    grey = np.asarray(crop.convert("L"), np.float32) / 255
+    assert np.median(grey[45:135, 42:128]) < 0.35  # the middle is mostly ink
+    close = prepare_image(encode(crop, "JPEG", quality=88), DEFAULT_MAX_IMAGE_PIXELS)
+    whole = prepare_image(_scene(bold, ink=(20.0, 20.0, 30.0)), DEFAULT_MAX_IMAGE_PIXELS)
+    assert close.inverted
+    assert _similarity(close.pixels, whole.pixels) > 0.9
