@@ -502,8 +502,9 @@ def _choose_digit(mask: np.ndarray, *, inner: bool = False) -> np.ndarray | None
     sides = (x == 0).astype(int) + (y == 0) + (x + w == width) + (y + h == height)
     touches = sides > 0
     # Touching two sides of the picture: a page's edge or corner, the desk, a shadow's rim;
-    # never the digit (a digit cut by the frame touches one side).
+    # never the digit (a digit cut by the frame touches one side, and fills much of it).
     big_enough &= sides < (1 if inner else 2)
+    big_enough &= ~touches | (np.maximum(w, h) >= EDGE_DIGIT_SIDE * max(height, width))
     if not big_enough.any():
         return None
     dx = (centroids[1:, 0] - width / 2) / width
@@ -514,8 +515,6 @@ def _choose_digit(mask: np.ndarray, *, inner: bool = False) -> np.ndarray | None
         if score[best] <= 0:
             return None
         bx, by, bw, bh = int(x[best]), int(y[best]), int(w[best]), int(h[best])
-        if touches[best] and max(bw, bh) < EDGE_DIGIT_SIDE * max(height, width):
-            continue
         component = labels[by : by + bh, bx : bx + bw] == best + 1
         limit = EDGE_ELONGATION if touches[best] else HAIRLINE_ELONGATION
         if _elongation(component) <= limit and not _hairline_corner(component):
