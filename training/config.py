@@ -31,6 +31,11 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.05
     agreement_weight: float = 2.0
+    teacher: Path | None = None
+    distill_weight: float = 1.0
+    distill_temperature: float = 2.0
+    settle_steps: int = 0
+    settle_sharpness: float = 4.0
     ema_decay: float = 0.999
     seed: int = 0
     device: str = "auto"
@@ -44,6 +49,16 @@ class TrainConfig:
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+def _channels(text: str) -> tuple[int, int, int]:
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not three comma-separated integers: {text!r}") from None
+    if len(widths) != 3 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"not three positive widths: {text!r}")
+    return widths[0], widths[1], widths[2]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +158,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the loss that teaches the sum head to agree with the digit head",
     )
     p.add_argument(
+        "--channels",
+        type=_channels,
+        default=d.model.channels,
+        help="the trunk's three convolution widths, comma-separated",
+    )
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        default=d.teacher,
+        help="a TorchScript checkpoint whose digit and not-digit answers the model also learns "
+        "from, on the same augmented batches (knowledge distillation); none by default",
+    )
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=d.distill_weight,
+        help="weight of the teacher's terms in the loss (with --teacher)",
+    )
+    p.add_argument(
+        "--distill-temperature",
+        type=float,
+        default=d.distill_temperature,
+        help="softmax temperature of the digit head's distillation term (with --teacher)",
+    )
+    p.add_argument(
+        "--settle-steps",
+        type=int,
+        default=d.settle_steps,
+        help="after training, optimiser steps that refit the addition table alone at the "
+        "sharpened belief the exported model then reads (0: export the table as trained; the "
+        "16,32,64 trunk needs about 600 for its sums to follow its digits, docs/model.md)",
+    )
+    p.add_argument(
+        "--settle-sharpness",
+        type=float,
+        default=d.settle_sharpness,
+        help="how many times the digit logits are scaled before the softmax that the exported "
+        "sum head reads (with --settle-steps)",
+    )
+    p.add_argument(
         "--ema-decay",
         type=float,
         default=d.ema_decay,
@@ -180,4 +235,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         build_parser().error(f"--device: {exc}")
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         build_parser().error("--epochs and --batch-size must be >= 1 and --lr > 0")
-    return TrainConfig(**vars(args))
+    if args.settle_steps < 0 or args.settle_sharpness <= 0:
+        build_parser().error("--settle-steps must be >= 0 and --settle-sharpness > 0")
+    values = vars(args)
+    model = ModelConfig(channels=values.pop("channels"))
+    return TrainConfig(**values, model=model)

@@ -26,6 +26,12 @@ class ModelConfig:
     channels: tuple[int, int, int] = (24, 48, 96)
     feature_dim: int = 128
     dropout: float = 0.1
+    # The sum head reads the softmax of the digit logits times this. A near-tie between two
+    # digits (0.50 against 0.49) is where a learned table's small unevenness can pick the other
+    # sum; sharpening multiplies the margin, so the sum follows the digit. Training runs at 1; a
+    # table refit after training (--settle-steps, training/train.py settle_addition_table) is
+    # exported at TrainConfig.settle_sharpness.
+    belief_sharpness: float = 1.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -57,6 +63,7 @@ class DigitSumNet(nn.Module):
     """
 
     __jit_ignored_attributes__: ClassVar[list[str]] = ["config"]  # the card carries it instead
+    belief_sharpness: float
     mean: torch.Tensor  # buffers, registered in __init__
     std: torch.Tensor
     digit_temperature: torch.Tensor
@@ -66,6 +73,7 @@ class DigitSumNet(nn.Module):
         super().__init__()
         cfg = config or ModelConfig()
         self.config = cfg
+        self.belief_sharpness = cfg.belief_sharpness
         c1, c2, c3 = cfg.channels
         self.trunk = nn.Sequential(
             _conv_bn_relu(1, c1, 5),  # (B, c1, 28, 28)
@@ -103,7 +111,8 @@ class DigitSumNet(nn.Module):
         """Features (B, F) and number (B,) -> (digit_logits (B, 10), sum_logits (B, 19)),
         both divided by their calibrated temperatures."""
         digit_logits = self.digit_head(features)  # (B, 10)
-        belief = digit_logits.softmax(1)  # (B, 10), uncalibrated: what the table was trained on
+        # (B, 10), uncalibrated and sharpened: what the table was trained on
+        belief = (digit_logits * self.belief_sharpness).softmax(1)
         table = self.addition_table[number]  # (B, 10, 19): this pair's number picks its matrix
         sum_logits = torch.bmm(belief.unsqueeze(1), table).squeeze(1)  # (B, 19)
         return digit_logits / self.digit_temperature, sum_logits / self.sum_temperature

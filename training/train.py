@@ -50,6 +50,7 @@ SMOKE_TEST_IMAGES = 200
 SMOKE_VAL_IMAGES = 100
 SMOKE_GLYPHS = 200  # digits; half as many negatives
 SMOKE_MAX_EPOCHS = 2
+SMOKE_SETTLE_STEPS = 5
 VAL_GLYPH_DIGITS = 3_000  # synthetic validation glyphs: train sources, another seed
 VAL_GLYPH_NEGATIVES = 2_000
 VAL_PAGE_PHOTOS = 4_000  # blank-page photos of another seed, for the validation page negatives
@@ -122,6 +123,30 @@ def pair_loss(
     return loss
 
 
+def distill_loss(
+    digit_logits: torch.Tensor,
+    not_digit_logit: torch.Tensor,
+    teacher_digit: torch.Tensor,
+    teacher_not_digit: torch.Tensor,
+    is_digit: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """The student's distance from the teacher: the digit distributions at `temperature`
+    (digits only, scaled by temperature squared as in Hinton et al.) and the not-digit
+    probability (every image)."""
+    t = temperature
+    digit = F.kl_div(
+        (digit_logits[is_digit].float() / t).log_softmax(1),
+        (teacher_digit[is_digit].float() / t).log_softmax(1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    not_digit = F.binary_cross_entropy_with_logits(
+        not_digit_logit.float(), teacher_not_digit.float().sigmoid()
+    )
+    return digit * t * t + not_digit
+
+
 def epoch_batches(
     n: int, cfg: TrainConfig, epoch: int, rt: Runtime
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,6 +174,7 @@ def train_one_epoch(
     cfg: TrainConfig,
     epoch: int,
     rt: Runtime,
+    teacher: torch.jit.ScriptModule | None = None,
 ) -> float:
     """One pass over this process's MNIST shard, each step's batch topped up with synthetic
     digits and non-digits drawn from `glyphs`, and page negatives from `pages`; returns the
@@ -197,6 +223,19 @@ def train_one_epoch(
             target = (~is_digit).float()
             loss = loss + cfg.not_digit_weight * F.binary_cross_entropy_with_logits(
                 not_digit_logit.float(), target
+            )
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_digit, _, teacher_not_digit = teacher(image, number)
+                # back to the teacher's raw logits: its calibration is not what it teaches
+                teacher_digit = teacher_digit * teacher.digit_temperature
+            loss = loss + cfg.distill_weight * distill_loss(
+                digit_logits,
+                not_digit_logit,
+                teacher_digit,
+                teacher_not_digit,
+                is_digit,
+                cfg.distill_temperature,
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -370,6 +409,48 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
+SETTLE_BATCH = 8192  # (belief, number) pairs per step of the table's refit
+SETTLE_LR = 0.01
+
+
+def settle_addition_table(model: DigitSumNet, data: Data, cfg: TrainConfig) -> DigitSumNet:
+    """The trained model (eval mode, CPU) with its addition table refit alone, at a sharpened
+    belief (cfg.settle_sharpness).
+
+    Trained jointly with the trunk, the table reads the digit head's plain softmax, where its
+    gradients help shape the trunk. Its rows come out a little uneven, and on the rare image
+    whose digit belief is split almost evenly between two digits, the unevenness can pick the
+    other digit's sum. Sharpening the belief the table reads multiplies that margin; the table is
+    then refit to it, with the trunk and the digit and not-digit heads frozen (their answers do
+    not change), on the clean training digits (MNIST and synthetic) paired with random numbers.
+    The loss is the agreement term alone: the sum head learns to say what the digit head implies.
+    """
+    settled = DigitSumNet(replace(model.config, belief_sharpness=cfg.settle_sharpness))
+    settled.load_state_dict(model.state_dict())
+    settled.eval()
+    chunks = []
+    with torch.no_grad():
+        for split in (data.train, data.glyphs.digits):
+            for start in range(0, len(split), 2048):
+                images = split.images[start : start + 2048].cpu()
+                chunks.append(settled.digit_head(settled.embed(images)))
+    digit_logits = torch.cat(chunks)  # (N, 10), fixed from here on
+    belief = (digit_logits * cfg.settle_sharpness).softmax(1)  # what the exported table reads
+    generator = torch.Generator().manual_seed(cfg.seed)
+    table = settled.addition_table
+    optimizer = torch.optim.Adam([table], lr=SETTLE_LR)
+    steps = min(cfg.settle_steps, SMOKE_SETTLE_STEPS) if cfg.smoke else cfg.settle_steps
+    for _ in range(steps):
+        pick = torch.randint(0, len(belief), (SETTLE_BATCH,), generator=generator)
+        number = torch.randint(0, 10, (SETTLE_BATCH,), generator=generator)
+        sum_logits = torch.bmm(belief[pick].unsqueeze(1), table[number]).squeeze(1)
+        loss = F.cross_entropy(sum_logits, sum_agreement_target(digit_logits[pick], number))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return settled
+
+
 @torch.inference_mode()
 def calibrate_on_validation(model: DigitSumNet, data: Data, device: torch.device) -> float:
     """Fit both heads' temperatures and choose the not-digit threshold, on validation data only;
@@ -416,6 +497,9 @@ def run(cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str]) -> int:
         steps_per_epoch=max(steps_per_epoch, 1),
         pct_start=0.2,
     )
+    teacher = None
+    if cfg.teacher is not None:
+        teacher, _ = export.load_checkpoint(cfg.teacher, rt.device)
     history: list[dict[str, float]] = []
     first_epoch, train_seconds = 1, 0.0
     best: dict[str, Any] = {"score": -float("inf"), "epoch": 0, "ema": None}
@@ -457,7 +541,7 @@ def run(cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str]) -> int:
         synchronize(rt.device)
         start = time.perf_counter()
         loss = train_one_epoch(
-            net, ema, optimizer, scheduler, train, data.glyphs, data.pages, cfg, epoch, rt
+            net, ema, optimizer, scheduler, train, data.glyphs, data.pages, cfg, epoch, rt, teacher
         )
         synchronize(rt.device)
         seconds = time.perf_counter() - start
@@ -514,6 +598,8 @@ def run(cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str]) -> int:
     final = DigitSumNet(cfg.model)
     final.load_state_dict(best["ema"])
     final.eval()
+    if cfg.settle_steps:
+        final = settle_addition_table(final, data, cfg)
     threshold = calibrate_on_validation(final, data, torch.device("cpu"))
     metrics = evaluate_pairs(final, data.test, torch.device("cpu"), not_digit_threshold=threshold)
     selection = {

@@ -93,6 +93,35 @@ def test_smoke_training_exports_a_checkpoint_that_matches_the_eager_model(
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
 
 
+def test_a_narrow_student_learns_from_a_teacher_and_exports_its_settled_table(
+    sliced_mnist: Path, tmp_path: Path
+) -> None:
+    """--channels, --teacher and --settle-steps together: the recipe of the fast trunk
+    (docs/model.md, run 13)."""
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+    assert main(_smoke_args(sliced_mnist, teacher_dir, "--epochs", "1")) == 0
+    teacher = teacher_dir / "digitsum.pt"
+    student_args = ("--epochs", "1", "--channels", "8,8,16", "--teacher", str(teacher))
+    assert main(_smoke_args(sliced_mnist, student_dir, *student_args, "--settle-steps", "5")) == 0
+    extra = {"metadata.json": ""}
+    scripted = torch.jit.load(
+        str(student_dir / "digitsum.pt"), map_location="cpu", _extra_files=extra
+    ).eval()
+    card = json.loads(extra["metadata.json"])
+    assert card["model"]["channels"] == [8, 8, 16]
+    assert card["model"]["belief_sharpness"] == card["training"]["config"]["settle_sharpness"]
+    assert card["training"]["config"]["teacher"] == str(teacher)
+    # Everything but the addition table is the selected epoch's weight average; the table was
+    # refit after training, so it differs from the state's.
+    state = torch.load(student_dir / "state.pt", weights_only=False)
+    trained = state["best"]["ema"]
+    assert not torch.equal(trained["addition_table"], scripted.addition_table)
+    exported = scripted.state_dict()
+    for name, tensor in trained.items():
+        if name not in ("addition_table", "digit_temperature", "sum_temperature"):
+            torch.testing.assert_close(exported[name], tensor)
+
+
 def test_training_runs_from_a_source_tree_without_the_project_installed(
     sliced_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
