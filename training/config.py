@@ -34,8 +34,8 @@ class TrainConfig:
     teacher: Path | None = None
     distill_weight: float = 1.0
     distill_temperature: float = 2.0
-    settle_steps: int = 0
-    settle_sharpness: float = 4.0
+    settle_steps: int = 600
+    settle_sharpness: float = 16.0
     ema_decay: float = 0.999
     seed: int = 0
     device: str = "auto"
@@ -187,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.settle_steps,
         help="after training, optimiser steps that refit the addition table alone at the "
-        "sharpened belief the exported model then reads (0: export the table as trained; the "
-        "16,32,64 trunk needs about 600 for its sums to follow its digits, docs/model.md)",
+        "sharpened belief the exported model then reads (0: export the table as trained)",
     )
     p.add_argument(
         "--settle-sharpness",

@@ -28,9 +28,9 @@ class ModelConfig:
     dropout: float = 0.1
     # The sum head reads the softmax of the digit logits times this. A near-tie between two
     # digits (0.50 against 0.49) is where a learned table's small unevenness can pick the other
-    # sum; sharpening multiplies the margin, so the sum follows the digit. Training runs at 1; a
-    # table refit after training (--settle-steps, training/train.py settle_addition_table) is
-    # exported at TrainConfig.settle_sharpness.
+    # sum; sharpening multiplies the margin, so the sum follows the digit. Training runs at 1;
+    # the table refit after training (training/train.py settle_addition_table) and the export
+    # read TrainConfig.settle_sharpness.
     belief_sharpness: float = 1.0
 
     def to_dict(self) -> dict[str, object]:

@@ -40,7 +40,7 @@ from training.data import (
     load_split,
     roughen,
 )
-from training.evaluate import Metrics, evaluate_pairs, score_validation
+from training.evaluate import Metrics, blended_inconsistency, evaluate_pairs, score_validation
 from training.model import NUM_SUMS, DigitSumNet
 from training.pages import cached_pages
 from training.synthetic import GlyphPool, cached_pool
@@ -608,6 +608,14 @@ def run(cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str]) -> int:
         "epoch": best["epoch"],
     }
     card = build_card(cfg, final, metrics, history, data, train_seconds, rt, argv, selection)
+    inconsistent, pairs = blended_inconsistency(final, data.val)
+    card["settle"] = {
+        "steps": cfg.settle_steps,
+        "belief_sharpness": final.belief_sharpness,
+        "validation_blends_inconsistent_pairs": inconsistent,
+        "validation_blend_pairs": pairs,
+    }
+    print(f"sum != digit + number on {inconsistent:,} of {pairs:,} blended validation pairs")
     scripted = export.script_model(final)
     card["cpu_images_per_second"] = {
         str(bs): round(export.images_per_second(scripted, bs)) for bs in (1, 256)

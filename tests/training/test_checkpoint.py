@@ -16,10 +16,11 @@ import torch
 from tests.conftest import MODEL_PATH
 from training.calibrate import expected_calibration_error
 from training.data import Split
+from training.evaluate import blended_inconsistency
 
 DIGIT_BAR = 0.9950
 SUM_BAR = 0.9950
-CONSISTENCY_BAR = 0.9995
+CONSISTENCY_BAR = 0.9999  # the issue's bar: sums follow digits on all but 10 of 100,000 pairs
 ECE_BAR = 0.01  # expected calibration error of the digit confidence, 15 bins
 REFUSED_BAR = 0.001  # MNIST test digits answered no_digit
 
@@ -123,3 +124,14 @@ def test_the_network_learned_the_addition_table(shipped_model: torch.jit.ScriptM
     strongest = table.argmax(2)  # (10, 10)
     expected = torch.arange(10)[:, None] + torch.arange(10)[None, :]
     assert torch.equal(strongest, expected)
+
+
+def test_sums_follow_digits_on_ambiguous_blends(
+    shipped_model: torch.jit.ScriptModule, mnist_test: Split
+) -> None:
+    """Blends of two test digits split the digit head's belief on purpose: the near-ties where
+    a learned table's unevenness would pick the other digit's sum. The settled table follows
+    the digit on all but a few in ten thousand such pairs (the table as trained: about 0.5 %)."""
+    inconsistent, pairs = blended_inconsistency(shipped_model, mnist_test)
+    assert pairs > 40_000
+    assert inconsistent / pairs <= 0.001

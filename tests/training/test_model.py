@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from training.config import TrainConfig
 from training.model import NUM_DIGITS, NUM_SUMS, DigitSumNet, ModelConfig
+
+SHIPPED_SHARPNESS = TrainConfig().settle_sharpness
 
 
 def _uneven_addition_table() -> torch.Tensor:
@@ -36,7 +39,7 @@ def _sums_for_a_near_tie(sharpness: float) -> tuple[int, int]:
 
 
 def test_a_sharpened_belief_keeps_the_sum_with_the_digit_on_a_near_tie() -> None:
-    digit, digit_the_sum_read = _sums_for_a_near_tie(sharpness=4.0)
+    digit, digit_the_sum_read = _sums_for_a_near_tie(sharpness=SHIPPED_SHARPNESS)
     assert (digit, digit_the_sum_read) == (3, 3)
 
 
@@ -47,9 +50,10 @@ def test_the_plain_softmax_belief_lets_the_uneven_table_pick_the_other_sum() -> 
 
 
 def test_the_shipped_settings_survive_scripting() -> None:
-    model = DigitSumNet(ModelConfig(channels=(4, 4, 4), feature_dim=4, belief_sharpness=4.0))
+    config = ModelConfig(channels=(4, 4, 4), feature_dim=4, belief_sharpness=SHIPPED_SHARPNESS)
+    model = DigitSumNet(config)
     scripted = torch.jit.script(model.eval())
-    assert scripted.belief_sharpness == 4.0
+    assert scripted.belief_sharpness == SHIPPED_SHARPNESS
     image, number = torch.rand(2, 1, 28, 28), torch.tensor([1, 7])
     for got, want in zip(scripted(image, number), model(image, number), strict=True):
         torch.testing.assert_close(got, want)

@@ -80,6 +80,12 @@ def test_smoke_training_exports_a_checkpoint_that_matches_the_eager_model(
     state = torch.load(tmp_path / "state.pt", weights_only=False)
     assert card["selection"]["epoch"] == state["best"]["epoch"]
     eager.load_state_dict(state["best"]["ema"])
+    # ...whose addition table was then refit alone, at the sharpened belief the export reads
+    # (training/train.py settle_addition_table); every other weight is the state's.
+    assert card["model"]["belief_sharpness"] == card["training"]["config"]["settle_sharpness"]
+    assert not torch.equal(eager.addition_table, scripted.addition_table)
+    with torch.no_grad():
+        eager.addition_table.copy_(scripted.addition_table)
     eager.digit_temperature.fill_(card["calibration"]["digit_temperature"])
     eager.sum_temperature.fill_(card["calibration"]["sum_temperature"])
     eager.eval()
@@ -102,7 +108,7 @@ def test_a_narrow_student_learns_from_a_teacher_and_exports_its_settled_table(
     assert main(_smoke_args(sliced_mnist, teacher_dir, "--epochs", "1")) == 0
     teacher = teacher_dir / "digitsum.pt"
     student_args = ("--epochs", "1", "--channels", "8,8,16", "--teacher", str(teacher))
-    assert main(_smoke_args(sliced_mnist, student_dir, *student_args, "--settle-steps", "5")) == 0
+    assert main(_smoke_args(sliced_mnist, student_dir, *student_args)) == 0
     extra = {"metadata.json": ""}
     scripted = torch.jit.load(
         str(student_dir / "digitsum.pt"), map_location="cpu", _extra_files=extra
