@@ -234,6 +234,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         build_parser().error(f"--device: {exc}")
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         build_parser().error("--epochs and --batch-size must be >= 1 and --lr > 0")
+    if args.teacher is not None and not args.teacher.is_file():
+        build_parser().error(f"--teacher: no checkpoint at {args.teacher}")
     if args.settle_steps < 0 or args.settle_sharpness <= 0:
         build_parser().error("--settle-steps must be >= 0 and --settle-sharpness > 0")
     values = vars(args)

@@ -139,7 +139,6 @@ def evaluate_pairs(
 BLEND_SEED = 99
 
 
-@torch.inference_mode()
 def blended_inconsistency(
     model: PairModel, split: Split, seed: int = BLEND_SEED
 ) -> tuple[int, int]:
@@ -151,20 +150,13 @@ def blended_inconsistency(
     purpose. Used on the validation slice to choose how sharply the settled table reads the
     belief (docs/model.md, "Sums on a near-tie")."""
     generator = torch.Generator().manual_seed(seed)
-    n = len(split)
-    partner = torch.randperm(n, generator=generator)
-    share = 0.35 + 0.3 * torch.rand(n, 1, 1, 1, generator=generator)
-    images = share * split.images.cpu() + (1 - share) * split.images.cpu()[partner]
-    images = images[split.labels.cpu() != split.labels.cpu()[partner]]
-    inconsistent = pairs = 0
-    for start in range(0, len(images), 1000):
-        features = model.embed(images[start : start + 1000])
-        for number in range(10):
-            numbers = torch.full((len(features),), number, dtype=torch.long)
-            digit_logits, sum_logits = model.heads(features, numbers)
-            inconsistent += int((sum_logits.argmax(1) != digit_logits.argmax(1) + number).sum())
-            pairs += len(features)
-    return inconsistent, pairs
+    images, labels = split.images.cpu(), split.labels.cpu()
+    partner = torch.randperm(len(split), generator=generator)
+    share = 0.35 + 0.3 * torch.rand(len(split), 1, 1, 1, generator=generator)
+    differ = labels != labels[partner]
+    blends = Split((share * images + (1 - share) * images[partner])[differ], labels[differ])
+    metrics = evaluate_pairs(model, blends, torch.device("cpu"))
+    return metrics.pairs - round(metrics.consistency * metrics.pairs), metrics.pairs
 
 
 @dataclass
