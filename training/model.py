@@ -111,11 +111,19 @@ class DigitSumNet(nn.Module):
         """Features (B, F) and number (B,) -> (digit_logits (B, 10), sum_logits (B, 19)),
         both divided by their calibrated temperatures."""
         digit_logits = self.digit_head(features)  # (B, 10)
+        sum_logits = self.read_table(digit_logits, number)
+        return digit_logits / self.digit_temperature, sum_logits / self.sum_temperature
+
+    def read_table(self, digit_logits: torch.Tensor, number: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated digit logits (B, 10) and number (B,) -> uncalibrated sum logits (B, 19):
+        the addition table read at the digit head's sharpened belief. The one place the sum
+        head's arithmetic lives; the table's refit after training (training/train.py
+        settle_addition_table) goes through it too."""
         # (B, 10), uncalibrated and sharpened: what the table was trained on
         belief = (digit_logits * self.belief_sharpness).softmax(1)
         table = self.addition_table[number]  # (B, 10, 19): this pair's number picks its matrix
-        sum_logits = torch.bmm(belief.unsqueeze(1), table).squeeze(1)  # (B, 19)
-        return digit_logits / self.digit_temperature, sum_logits / self.sum_temperature
+        sum_logits: torch.Tensor = torch.bmm(belief.unsqueeze(1), table).squeeze(1)  # (B, 19)
+        return sum_logits
 
     @torch.jit.export
     def not_digit(self, features: torch.Tensor) -> torch.Tensor:

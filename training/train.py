@@ -435,16 +435,16 @@ def settle_addition_table(model: DigitSumNet, data: Data, cfg: TrainConfig) -> D
                 images = split.images[start : start + 2048].cpu()
                 chunks.append(settled.digit_head(settled.embed(images)))
     digit_logits = torch.cat(chunks)  # (N, 10), fixed from here on
-    belief = (digit_logits * cfg.settle_sharpness).softmax(1)  # what the exported table reads
     generator = torch.Generator().manual_seed(cfg.seed)
-    table = settled.addition_table
-    optimizer = torch.optim.Adam([table], lr=SETTLE_LR)
+    optimizer = torch.optim.Adam([settled.addition_table], lr=SETTLE_LR)
     steps = min(cfg.settle_steps, SMOKE_SETTLE_STEPS) if cfg.smoke else cfg.settle_steps
     for _ in range(steps):
-        pick = torch.randint(0, len(belief), (SETTLE_BATCH,), generator=generator)
+        pick = torch.randint(0, len(digit_logits), (SETTLE_BATCH,), generator=generator)
         number = torch.randint(0, 10, (SETTLE_BATCH,), generator=generator)
-        sum_logits = torch.bmm(belief[pick].unsqueeze(1), table[number]).squeeze(1)
-        loss = F.cross_entropy(sum_logits, sum_agreement_target(digit_logits[pick], number))
+        logits = digit_logits[pick]
+        # the table read exactly as the exported model reads it (sharpened belief)
+        sum_logits = settled.read_table(logits, number)
+        loss = F.cross_entropy(sum_logits, sum_agreement_target(logits, number))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
