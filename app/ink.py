@@ -93,6 +93,13 @@ HAIRLINE_ELONGATION = 20.0
 CORNER_RATIO = 50.0
 CORNER_ANGLE = 80.0  # degrees between the arms, at least
 CORNER_TOLERANCE = 2.0  # pixels: how far off its line an arm's pixel may be
+# A written digit stands on clean paper: around it (a margin of half its size) the fainter ink
+# of the page is at most a stroke of a neighbour. A mark with more than this share of that
+# margin inked is part of something larger: a shadow's grain, a smudge, a texture, a scribble.
+HAZE = 0.3
+# A mark that lies wholly along a ruling line (this share of its pixels) is what is left of the
+# line, where it was doubled, crossed or broken; a digit crosses the lines it is written on.
+ALONG_LINE = 0.99
 
 
 @dataclass(frozen=True)
@@ -169,12 +176,24 @@ def _ink_above(
         remnant[0] = False
         mask[remnant[labels]] = 0
     chosen = _choose_digit(mask, inner=below_floor)
+    if chosen is not None and ruled is not None and _along_lines(chosen, ruled):
+        chosen = None
     if chosen is None:
         if edges is not None:  # the lines found were the page's own edges, perhaps
             what = "a blank page" + (" with ruling lines" if lines > 4 else "")
         else:
             what = "only ruling lines" if lines else "only specks or noise"
         raise NoDigit(f"I don't see a digit in this image: I see {what}", field="image")
+    if ruled is not None:
+        faint[ruled] = 0
+    if edges is not None:
+        faint[edges] = 0
+    if _in_a_haze(chosen, faint):
+        raise NoDigit(
+            "I don't see a digit in this image: what I see is a smudge, a texture or a "
+            "scribble, not a written digit on clean paper",
+            field="image",
+        )
     strong = float(np.percentile(ink[chosen.astype(bool)], 90))
     if strong < FAINT_DIGIT * threshold:
         # A faint stroke crosses the threshold only at its darkest: the digit takes in the
@@ -193,6 +212,30 @@ def _ink_above(
     low = threshold / 2  # what maps to 0: the antialiased rim fades out, no step
     digit = np.clip((digit - low) / max(strong - low, 1e-3), 0.0, 1.0)
     return Ink(digit, lines)
+
+
+def _along_lines(chosen: np.ndarray, ruled: np.ndarray) -> bool:
+    """Whether `chosen` (uint8 0/1) lies wholly along the ruling lines `ruled` (bool)."""
+    along = cv2.dilate(ruled.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    return float(along[chosen > 0].mean()) >= ALONG_LINE
+
+
+def _in_a_haze(chosen: np.ndarray, faint: np.ndarray) -> bool:
+    """Whether the margin around `chosen` (uint8 0/1), half its size wide, has more than HAZE
+    of its pixels inked in `faint` (uint8 0/1: the fainter ink, lines and the desk cleared)."""
+    height, width = chosen.shape
+    left, top, w, h = cv2.boundingRect(chosen)
+    side = max(w, h)
+    reach = side // 2
+    margin = np.zeros_like(chosen)
+    margin[
+        max(0, top - reach) : min(height, top + h + reach),
+        max(0, left - reach) : min(width, left + w + reach),
+    ] = 1
+    # The digit's own soft rim is not its surroundings.
+    k = max(3, int(0.15 * side) | 1)
+    margin[cv2.dilate(chosen, np.ones((k, k), np.uint8)) > 0] = 0
+    return bool(margin.any()) and float(faint[margin > 0].mean()) > HAZE
 
 
 def _grow(chosen: np.ndarray, weak: np.ndarray) -> np.ndarray:
