@@ -30,7 +30,9 @@ measurements):
    is a close crop), a hairline straight enough to be a fold or an edge, two hairlines meeting
    at a right angle (a page's corner, a margin line meeting a ruling line). The digit is the
    component with the most ink near the centre (those touching the border count for less),
-   merged with the pieces of a broken stroke around it.
+   merged with the pieces of a broken stroke around it. It is refused when it lies wholly along
+   a ruling line (what the line's removal left), or when the paper around it is not clean (a
+   haze of fainter ink: grain, a smudge, a texture).
 
 OpenCV (headless) does the per-pixel work: its morphology with rectangular kernels, connected
 components and resizing are several times faster than the same steps in NumPy or scikit-image
@@ -216,8 +218,15 @@ def _ink_above(
 
 def _along_lines(chosen: np.ndarray, ruled: np.ndarray) -> bool:
     """Whether `chosen` (uint8 0/1) lies wholly along the ruling lines `ruled` (bool)."""
-    along = cv2.dilate(ruled.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    return float(along[chosen > 0].mean()) >= ALONG_LINE
+    height, width = chosen.shape
+    left, top, w, h = cv2.boundingRect(chosen)
+    # Within 2 pixels of a line: the lines dilated, looked at around the mark only.
+    box = (
+        slice(max(0, top - 2), min(height, top + h + 2)),
+        slice(max(0, left - 2), min(width, left + w + 2)),
+    )
+    along = cv2.dilate(ruled[box].astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    return float(along[chosen[box] > 0].mean()) >= ALONG_LINE
 
 
 def _in_a_haze(chosen: np.ndarray, faint: np.ndarray) -> bool:
@@ -225,17 +234,15 @@ def _in_a_haze(chosen: np.ndarray, faint: np.ndarray) -> bool:
     of its pixels inked in `faint` (uint8 0/1: the fainter ink, lines and the desk cleared)."""
     height, width = chosen.shape
     left, top, w, h = cv2.boundingRect(chosen)
-    side = max(w, h)
-    reach = side // 2
-    margin = np.zeros_like(chosen)
-    margin[
-        max(0, top - reach) : min(height, top + h + reach),
-        max(0, left - reach) : min(width, left + w + reach),
-    ] = 1
+    reach = max(w, h) // 2
+    box = (
+        slice(max(0, top - reach), min(height, top + h + reach)),
+        slice(max(0, left - reach), min(width, left + w + reach)),
+    )
     # The digit's own soft rim is not its surroundings.
-    k = max(3, int(0.15 * side) | 1)
-    margin[cv2.dilate(chosen, np.ones((k, k), np.uint8)) > 0] = 0
-    return bool(margin.any()) and float(faint[margin > 0].mean()) > HAZE
+    k = max(3, int(0.15 * max(w, h)) | 1)
+    margin = cv2.dilate(chosen[box], np.ones((k, k), np.uint8)) == 0
+    return bool(margin.any()) and float(faint[box][margin].mean()) > HAZE
 
 
 def _grow(chosen: np.ndarray, weak: np.ndarray) -> np.ndarray:

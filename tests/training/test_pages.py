@@ -12,9 +12,9 @@ from app.errors import NoDigit
 from training import pages, scenes
 from training.synthetic import NOT_A_DIGIT
 
-# Seed 1001's first 20 blank photos: most are refused by the pipeline, and at least one (the
-# second, on ruled paper) reaches the model.
-SEED, PHOTOS = 1001, 20
+# Seed 1008's first 20 blank photos: most are refused by the pipeline, and two (the third, on
+# squared paper, and the eighteenth, at an angle on a desk) reach the model.
+SEED, PHOTOS = 1008, 20
 
 
 def test_a_page_crop_is_what_the_service_would_give_the_model() -> None:
