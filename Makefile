@@ -3,7 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+# The venv is installed against requirements.lock (the service's whole dependency closure, as
+# pinned and audited: see lint-security), so a fresh machine gets the versions the lock names
+# and not whatever the registry released since; either file changing reinstalls.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | md5sum | cut -c1-12)
 DATA_DIR ?= data
 
 .PHONY: install serve test lint lint-python typecheck pytest train evaluate bench clean field-data field-eval
@@ -11,7 +14,7 @@ DATA_DIR ?= data
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==26.3
-	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[train,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -71,7 +74,9 @@ lint-deploy: $(STAMP)
 
 # Known vulnerabilities in what the service ships: requirements.lock is the closure of
 # pyproject's `dependencies` as installed (scripts/lock_requirements.py; `make requirements.lock`
-# rewrites it, and a stale lock fails here). scripts/audit_requirements.py runs pip-audit on it,
+# rewrites it, and a stale lock fails here). The install honours it as constraints: to move a
+# pin, or a dependency of pyproject.toml, change or delete its line here, then
+# `make requirements.lock`. scripts/audit_requirements.py runs pip-audit on it,
 # and where the registry serves no per-release data (so pip-audit skips everything) reads PyPI's
 # per-project advisory data for pins at the latest release. It fails on any known vulnerability,
 # on the packages that parse requests and images going unaudited, or when nothing could be

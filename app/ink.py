@@ -186,11 +186,7 @@ def _ink_above(
         else:
             what = "only ruling lines" if lines else "only specks or noise"
         raise NoDigit(f"I don't see a digit in this image: I see {what}", field="image")
-    if ruled is not None:
-        faint[ruled] = 0
-    if edges is not None:
-        faint[edges] = 0
-    if _in_a_haze(chosen, faint):
+    if _in_a_haze(chosen, faint, ruled, edges):
         raise NoDigit(
             "I don't see a digit in this image: what I see is a smudge, a texture or a "
             "scribble, not a written digit on clean paper",
@@ -229,9 +225,15 @@ def _along_lines(chosen: np.ndarray, ruled: np.ndarray) -> bool:
     return float(along[chosen[box] > 0].mean()) >= ALONG_LINE
 
 
-def _in_a_haze(chosen: np.ndarray, faint: np.ndarray) -> bool:
+def _in_a_haze(
+    chosen: np.ndarray,
+    faint: np.ndarray,
+    ruled: np.ndarray | None = None,
+    edges: np.ndarray | None = None,
+) -> bool:
     """Whether the margin around `chosen` (uint8 0/1), half its size wide, has more than HAZE
-    of its pixels inked in `faint` (uint8 0/1: the fainter ink, lines and the desk cleared)."""
+    of its pixels inked in `faint` (uint8 0/1: the fainter ink), where no ruling line (`ruled`)
+    runs and no desk (`edges`) lies (both bool, or None)."""
     height, width = chosen.shape
     left, top, w, h = cv2.boundingRect(chosen)
     reach = max(w, h) // 2
@@ -242,7 +244,11 @@ def _in_a_haze(chosen: np.ndarray, faint: np.ndarray) -> bool:
     # The digit's own soft rim is not its surroundings.
     k = max(3, int(0.15 * max(w, h)) | 1)
     margin = cv2.dilate(chosen[box], np.ones((k, k), np.uint8)) == 0
-    return bool(margin.any()) and float(faint[box][margin].mean()) > HAZE
+    inked = faint[box] > 0
+    for cleared in (ruled, edges):
+        if cleared is not None:
+            inked &= ~cleared[box]
+    return bool(margin.any()) and float(inked[margin].mean()) > HAZE
 
 
 def _grow(chosen: np.ndarray, weak: np.ndarray) -> np.ndarray:
