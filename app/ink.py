@@ -172,7 +172,7 @@ def _ink_above(
         # Below the floor, what is left of a ruling line or a page's edge looks like a stroke:
         # what lies mostly along one is dropped (a digit only crosses them).
         count, labels = cv2.connectedComponents(mask, connectivity=8)
-        along = cv2.dilate(ruled.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        along = _near_lines(ruled)
         on_lines = np.bincount(labels[along], minlength=count)
         remnant = on_lines > 0.5 * np.bincount(labels.ravel(), minlength=count)
         remnant[0] = False
@@ -212,17 +212,26 @@ def _ink_above(
     return Ink(digit, lines)
 
 
-def _along_lines(chosen: np.ndarray, ruled: np.ndarray) -> bool:
-    """Whether `chosen` (uint8 0/1) lies wholly along the ruling lines `ruled` (bool)."""
+def _near_lines(ruled: np.ndarray) -> np.ndarray:
+    """Within 2 pixels of the ruling lines `ruled` (bool): what counts as lying along one."""
+    near: np.ndarray = cv2.dilate(ruled.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    return near
+
+
+def _box_around(chosen: np.ndarray, reach: int) -> tuple[slice, slice]:
+    """The box of `chosen`'s non-zero pixels grown by `reach` on every side, within the image."""
     height, width = chosen.shape
     left, top, w, h = cv2.boundingRect(chosen)
-    # Within 2 pixels of a line: the lines dilated, looked at around the mark only.
-    box = (
-        slice(max(0, top - 2), min(height, top + h + 2)),
-        slice(max(0, left - 2), min(width, left + w + 2)),
+    return (
+        slice(max(0, top - reach), min(height, top + h + reach)),
+        slice(max(0, left - reach), min(width, left + w + reach)),
     )
-    along = cv2.dilate(ruled[box].astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    return float(along[chosen[box] > 0].mean()) >= ALONG_LINE
+
+
+def _along_lines(chosen: np.ndarray, ruled: np.ndarray) -> bool:
+    """Whether `chosen` (uint8 0/1) lies wholly along the ruling lines `ruled` (bool)."""
+    box = _box_around(chosen, 2)  # looked at around the mark only: as far as _near_lines reaches
+    return float(_near_lines(ruled[box])[chosen[box] > 0].mean()) >= ALONG_LINE
 
 
 def _in_a_haze(
@@ -234,13 +243,8 @@ def _in_a_haze(
     """Whether the margin around `chosen` (uint8 0/1), half its size wide, has more than HAZE
     of its pixels inked in `faint` (uint8 0/1: the fainter ink), where no ruling line (`ruled`)
     runs and no desk (`edges`) lies (both bool, or None)."""
-    height, width = chosen.shape
-    left, top, w, h = cv2.boundingRect(chosen)
-    reach = max(w, h) // 2
-    box = (
-        slice(max(0, top - reach), min(height, top + h + reach)),
-        slice(max(0, left - reach), min(width, left + w + reach)),
-    )
+    _, _, w, h = cv2.boundingRect(chosen)
+    box = _box_around(chosen, max(w, h) // 2)
     # The digit's own soft rim is not its surroundings.
     k = max(3, int(0.15 * max(w, h)) | 1)
     margin = cv2.dilate(chosen[box], np.ones((k, k), np.uint8)) == 0
