@@ -459,6 +459,8 @@ def _fit_line(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
     keep = np.ones(xs.size, bool)
     slope, intercept = 0.0, float(np.median(ys))
     for _ in range(3):
+        if np.ptp(xs[keep]) == 0:  # one column (or one point): no slope to fit, a flat line
+            return 0.0, float(np.median(ys[keep]))
         slope, intercept = (float(v) for v in np.polyfit(xs[keep], ys[keep], 1))
         near = np.abs(ys - (slope * xs + intercept)) <= 2.0
         if near.sum() < 2 or (near == keep).all():
