@@ -18,6 +18,9 @@ from app import metrics
 log = logging.getLogger("digitsum")
 
 
+INTERNAL_ERROR_MESSAGE = "internal error; quote the request id when reporting it"
+
+
 class ServiceError(Exception):
     """A failure with a stable code, an HTTP status and a message safe to show the caller."""
 
@@ -40,6 +43,12 @@ class InvalidImage(ServiceError):
 
 class ImageTooLarge(ServiceError):
     status, code = 400, "image_too_large"
+
+
+class ImageTooSmall(ServiceError):
+    """Fewer pixels on a side than any digit can be drawn in (app.imaging.MIN_IMAGE_SIDE)."""
+
+    status, code = 422, "image_too_small"
 
 
 class UnsupportedFormat(ServiceError):
@@ -83,6 +92,33 @@ class InferenceTimeout(ServiceError):
     status, code, retry_after = 503, "inference_timeout", 1
 
 
+class InternalError(ServiceError):
+    """Our own failure on one input (preparing one image, or one image's forward pass), kept in
+    that input's place so that only its request, or its batch entry, fails: a 500 that says
+    nothing about internals. `report` logs the traceback once, under the request's id, and
+    counts it by stage; the answer is made by the same code as every other error."""
+
+    status, code = 500, "internal_error"
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(INTERNAL_ERROR_MESSAGE)
+        self.stage = stage
+        self.cause = cause
+        self._reported = False
+
+    def report(self, request_id: str) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        metrics.INTERNAL_ERRORS.labels(self.stage).inc()
+        log.error(
+            "%s failed on one input",
+            self.stage,
+            exc_info=(type(self.cause), self.cause, self.cause.__traceback__),
+            extra={"request_id": request_id, "stage": self.stage},
+        )
+
+
 class ModelLoadError(RuntimeError):
     """The checkpoint is missing, corrupt or not ours: start-up stops with this message."""
 
@@ -99,9 +135,6 @@ _HTTP_CODES = {
 
 def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", "-"))
-
-
-INTERNAL_ERROR_MESSAGE = "internal error; quote the request id when reporting it"
 
 
 def error_body(
@@ -160,6 +193,8 @@ def error_response(
 
 def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
     """The answer to one of our own errors, wherever it is raised."""
+    if isinstance(exc, InternalError):
+        exc.report(request_id_of(request))
     return error_response(
         request, exc.status, exc.code, exc.message, exc.field, exc.retry_after, exc.details
     )

@@ -14,14 +14,24 @@ import re
 import struct
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from app import ink, metrics
-from app.errors import ImageTooLarge, InvalidImage, NoDigit, ServiceError, UnsupportedFormat
+from app.errors import (
+    ImageTooLarge,
+    ImageTooSmall,
+    InternalError,
+    InvalidImage,
+    NoDigit,
+    ServiceError,
+    UnsupportedFormat,
+)
 
 # Pillow's names for the formats we decode. HEIF is what iPhones save (HEIC), read by
 # pillow-heif (libheif); AVIF is read by Pillow's own plugin (libavif, in its wheels).
@@ -58,6 +68,9 @@ _OTHER_IMAGE_SIGNATURES = (
 )
 
 SIZE = 28  # the model's input side
+# Pixels on an image's shorter side below which it cannot hold a digit: people read digits drawn
+# in 8x8 (a small font, a favicon), not in fewer. Refused before the image is decoded.
+MIN_IMAGE_SIDE = 8
 BOX = 20  # MNIST scales each digit to fit this box
 CENTRE = 14.0  # where MNIST puts a digit's centre of mass (row, column)
 # Ink fainter than this is cleared from a synthetic glyph's coverage (training/synthetic.py), as
@@ -184,8 +197,15 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return _decode(data, max_pixels, draft_side=0)[0]
 
 
-# What Pillow raises on a truncated or corrupt file, besides its decompression-bomb errors.
-_CORRUPT = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, RuntimeError)
+# What the decoders raise on a truncated or corrupt file, besides Pillow's decompression-bomb
+# errors, and nothing more: anything else raised while decoding is a bug of ours, answered as an
+# internal error and logged, not passed off as the caller's bad file. Pillow's plugins raise
+# OSError (UnidentifiedImageError, "truncated", "broken data stream"), SyntaxError (a broken
+# chunk or frame), ValueError, EOFError and struct.error (a header shorter than it says);
+# pillow-heif raises ValueError; Pillow's AVIF plugin (libavif) raises RuntimeError, so that
+# one format also has it (tests/app/test_imaging.py corrupts files of every format).
+_CORRUPT: tuple[type[Exception], ...] = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+_CORRUPT_BY_FORMAT: dict[str, tuple[type[Exception], ...]] = {"AVIF": (*_CORRUPT, RuntimeError)}
 
 
 def _decode(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image, tuple[int, int]]:
@@ -209,9 +229,15 @@ def _decode(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image,
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
             width, height = image.size
-            if width < 1 or height < 1 or width * height > max_pixels:
+            if width * height > max_pixels:
                 raise ImageTooLarge(
                     f"image is {width}x{height} pixels; the limit is {max_pixels:,} pixels",
+                    field="image",
+                )
+            if min(width, height) < MIN_IMAGE_SIDE:
+                raise ImageTooSmall(
+                    f"image is {width}x{height} pixels; a digit needs at least "
+                    f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}",
                     field="image",
                 )
             image.seek(0)  # first frame of an animation
@@ -226,7 +252,7 @@ def _decode(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image,
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge("image dimensions are too large to decode", field="image") from exc
-    except _CORRUPT as exc:
+    except _CORRUPT_BY_FORMAT.get(fmt, _CORRUPT) as exc:
         raise InvalidImage(
             f"cannot decode the {fmt} image: it is truncated or corrupt", field="image"
         ) from exc
@@ -354,7 +380,7 @@ def prepare_image(data: bytes, max_pixels: int) -> PreparedImage:
     """The whole path from upload bytes to the model's input; raises our 4xx errors."""
     image, source_size = _decode(data, max_pixels, draft_side=DRAFT_SIDE)
     source_format = str(image.format)
-    image = ImageOps.exif_transpose(image) or image
+    image = _upright(image)
     grey, alpha = _luminance_and_alpha(image)
     if alpha is not None:
         grey = _composite(grey, alpha)
@@ -363,6 +389,20 @@ def prepare_image(data: bytes, max_pixels: int) -> PreparedImage:
     if not pixels.any():
         raise _blank()
     return PreparedImage(pixels, source_format, source_size, inverted)
+
+
+# What Pillow's EXIF reader raises on corrupt metadata (a TIFF header that is not one, a tag of
+# the wrong type): measured by corrupting the EXIF of files of every format that carries it.
+_CORRUPT_EXIF = (SyntaxError, TypeError, ValueError, OSError, struct.error)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """`image` turned as its EXIF orientation says; as it is when the EXIF is corrupt: the
+    pixels decoded, and a photo read sideways is still better than a refusal."""
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except _CORRUPT_EXIF:
+        return image
 
 
 def _blank() -> NoDigit:
@@ -407,10 +447,7 @@ def prepare_batch(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | Serv
             out.append(_EMPTY)  # set below
             candidates.append((i, grey))
             continue
-        try:
-            out.append(prepare_image(blob, max_pixels).pixels)
-        except ServiceError as exc:
-            out.append(exc)
+        out.append(_isolated(_pixels_of, blob, max_pixels))
     if candidates:
         stack = np.array([grey for _, grey in candidates], np.uint8)  # (N, 28, 28), cf. np.stack
         floats = stack.astype(np.float32) / 255.0  # as _luminance_and_alpha makes them
@@ -420,14 +457,32 @@ def prepare_batch(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | Serv
             if ready:
                 out[i] = pixels if pixels.any() else _blank()
                 continue
-            try:
-                framed = frame_like_mnist(_to_white_on_black(pixels)[0])
-            except ServiceError as exc:
-                out[i] = exc
-            else:
-                out[i] = framed if framed.any() else _blank()
+            out[i] = _isolated(_framed, pixels)
     metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - started)
     return out
+
+
+def _pixels_of(data: bytes, max_pixels: int) -> np.ndarray:
+    return prepare_image(data, max_pixels).pixels
+
+
+def _framed(pixels: np.ndarray) -> np.ndarray:
+    framed = frame_like_mnist(_to_white_on_black(pixels)[0])
+    if not framed.any():
+        raise _blank()
+    return framed
+
+
+def _isolated(prepare: Callable[..., np.ndarray], *args: Any) -> np.ndarray | ServiceError:
+    """One image's pixels, or its error in their place: ours as raised (a 4xx), and any other
+    exception, a bug of ours, as an InternalError of this image alone. Whatever one upload
+    does to the pipeline, the other images of its batch are prepared and answered."""
+    try:
+        return prepare(*args)
+    except ServiceError as exc:
+        return exc
+    except Exception as exc:
+        return InternalError("prepare", exc)
 
 
 _EMPTY = np.zeros(0, np.float32)

@@ -29,7 +29,13 @@ import numpy as np
 import torch
 
 from app import devices, metrics
-from app.errors import InferenceTimeout, ModelLoadError, Overloaded, ServiceError
+from app.errors import (
+    InferenceTimeout,
+    InternalError,
+    ModelLoadError,
+    Overloaded,
+    ServiceError,
+)
 from app.imaging import prepare_batch
 
 log = logging.getLogger("digitsum")
@@ -430,15 +436,17 @@ class DynamicBatcher:
                     asyncio.wrap_future(self._model_thread.submit(partial(self._forward, live))),
                     deadline - time.perf_counter(),
                 )
-            except Exception as exc:  # a model failure fails this batch's requests, not the loop
-                if isinstance(exc, TimeoutError):
+            except Exception as exc:
+                # _forward isolates each image's failures; what still escapes it (a bug in the
+                # batch's own bookkeeping) fails this batch's requests, never the loop.
+                timed_out = isinstance(exc, TimeoutError)
+                if timed_out:
                     log.error("a forward pass outlasted the timeout")
-                    exc = _timed_out()
-                else:
-                    log.exception("forward pass failed")
                 for job in live:
                     if not job.future.done():
-                        job.future.set_exception(exc)
+                        job.future.set_exception(
+                            _timed_out() if timed_out else InternalError("batch", exc)
+                        )
                 continue
             finally:
                 self._in_flight = []
@@ -461,16 +469,12 @@ class DynamicBatcher:
         digits: list[int] = []
         for at in range(0, len(good), self.max_size):
             chunk = good[at : at + self.max_size]
-            started = time.perf_counter()
-            # np.array stacks equal-shaped arrays at a third of np.stack's cost per image
-            pixels = torch.from_numpy(np.array([images[i] for i in chunk], np.float32))
-            chunk_numbers = torch.tensor([numbers[i] for i in chunk], dtype=torch.long)
-            predictions = self.model.predict(pixels.unsqueeze(1), chunk_numbers)
-            metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
-            metrics.BATCH_SIZE.observe(len(chunk))
-            for i, prediction in zip(chunk, predictions, strict=True):
-                answers[i] = Answer(prediction, images[i])  # type: ignore[arg-type]
-            digits += [prediction.digit for prediction in predictions]
+            for i, outcome in self._predict_isolated(chunk, images, numbers):
+                if isinstance(outcome, Prediction):
+                    answers[i] = Answer(outcome, images[i])  # type: ignore[arg-type]
+                    digits.append(outcome.digit)
+                else:
+                    answers[i] = outcome
         for digit, count in enumerate(np.bincount(digits, minlength=10).tolist()):
             if count:
                 _COUNT_BY_DIGIT[digit].inc(count)
@@ -479,6 +483,30 @@ class DynamicBatcher:
             per_job.append(answers[at : at + len(job.images)])
             at += len(job.images)
         return per_job
+
+    def _predict_isolated(
+        self, chunk: list[int], images: list[Any], numbers: list[int]
+    ) -> list[tuple[int, Prediction | InternalError]]:
+        """One forward pass over the images at `chunk`; if it raises, the chunk is split in
+        halves and each is tried again, so that an input the model fails on fails alone (in
+        about log2(len(chunk)) more passes) and its batch-mates are answered."""
+        started = time.perf_counter()
+        try:
+            # np.array stacks equal-shaped arrays at a third of np.stack's cost per image
+            pixels = torch.from_numpy(np.array([images[i] for i in chunk], np.float32))
+            chunk_numbers = torch.tensor([numbers[i] for i in chunk], dtype=torch.long)
+            predictions = self.model.predict(pixels.unsqueeze(1), chunk_numbers)
+        except Exception as exc:
+            if len(chunk) == 1:
+                return [(chunk[0], InternalError("forward", exc))]
+            half = len(chunk) // 2
+            return [
+                *self._predict_isolated(chunk[:half], images, numbers),
+                *self._predict_isolated(chunk[half:], images, numbers),
+            ]
+        metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(chunk))
+        return list(zip(chunk, predictions, strict=True))
 
 
 def _timed_out() -> InferenceTimeout:

@@ -95,6 +95,13 @@ PREDICTIONS = Counter(
     registry=REGISTRY,
 )
 ERRORS = Counter("digitsum_errors_total", "Error answers, by code", ["code"], registry=REGISTRY)
+INTERNAL_ERRORS = Counter(
+    "digitsum_internal_errors_total",
+    "Our own failures on one input, answered 500 to that input alone, by stage (prepare: decoding"
+    " and reading one image; forward: one image's forward pass; batch: a whole batch's step)",
+    ["stage"],
+    registry=REGISTRY,
+)
 # The instance is ready when every live worker is: the least of them, so a worker that is still
 # loading (or restarting, or draining) shows as 0 rather than being hidden by the others.
 READY = Gauge(

@@ -141,6 +141,7 @@ class RequestContextMiddleware:
             # Our own failure: the traceback goes to the log under the request id; the caller
             # gets a 500 that says nothing about internals.
             log.exception("unhandled error", extra={"request_id": request_id})
+            metrics.INTERNAL_ERRORS.labels("request").inc()
             status = 500
             if not started_response:
                 response = error_json(500, "internal_error", INTERNAL_ERROR_MESSAGE, request_id)

@@ -18,6 +18,7 @@ from pydantic_core import to_json
 from app.api.deps import runtime_of
 from app.errors import (
     NOT_A_DIGIT_MESSAGE,
+    InternalError,
     NoDigit,
     Overloaded,
     ServiceError,
@@ -171,6 +172,8 @@ async def predict_batch(request: Request) -> Response:
         if not isinstance(item, ServiceError) and item.prediction.no_digit:
             item = _not_a_digit(item, f"images[{i}]", include_input)
         if isinstance(item, ServiceError):
+            if isinstance(item, InternalError):
+                item.report(request_id)
             error = error_body(item.code, item.message, request_id, f"images[{i}]", item.details)
             results.append({"index": i, **error})
         else:
