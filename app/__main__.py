@@ -33,6 +33,9 @@ log = logging.getLogger("digitsum")
 def _setting_errors(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
+        if not error["loc"]:  # settings that do not work together: the message names them
+            lines.append(f"  {error['msg'].removeprefix('Value error, ')}")
+            continue
         name = "DIGITSUM_" + "_".join(str(p) for p in error["loc"]).upper()
         lines.append(f"  {name}: {error['msg']} (got {error.get('input')!r})")
     return "\n".join(lines)
@@ -87,6 +90,7 @@ def main() -> int:
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_keep_alive=settings.keepalive_s,
+        limit_concurrency=settings.max_connections,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
         access_log=False,  # ours (app/middleware.py) carries the request id
         log_config=None,

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.devices import DEVICE_HELP, check_device_name
@@ -64,6 +64,28 @@ class Settings(BaseSettings):
         description="wait for as many requests as the last batch held; 0 = never",
     )
     max_queue: int = Field(512, ge=1, description="queued images beyond which requests get 503")
+    # Admission of all work in flight (app/admission.py), beyond the model's queue: what one
+    # worker holds in memory and in its decoding pool, refused with 503 before a body is read.
+    max_inflight_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024,
+        description="request bodies being read or held by requests in flight, per worker; six "
+        "largest uploads",
+    )
+    max_decode_queue: int = Field(
+        256,
+        ge=1,
+        description="images waiting for or in the decoding pool; a photo takes it milliseconds",
+    )
+    max_requests: int = Field(
+        1024, ge=1, description="requests in flight per worker; more get 503 before their body"
+    )
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="open connections per worker (uvicorn's limit_concurrency); its plain-text "
+        "503 backs up max_requests' JSON one",
+    )
     inference_timeout_s: float = Field(10.0, gt=0, description="longest wait for a prediction")
     body_timeout_s: float = Field(10.0, gt=0, description="longest pause while receiving a body")
     drain_delay_s: float = Field(0.0, ge=0, le=300, description="503 on readiness before closing")
@@ -74,10 +96,77 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = "127.0.0.1"
     cors_origins: list[str] = Field(default_factory=list, description="JSON list; empty = closed")
 
+    @property
+    def max_form_parts(self) -> int:
+        """The multipart parser's part cap: an image and a number per batch entry, and spare
+        parts for fields we ignore (a client's own), never enough to matter to the parser."""
+        return 2 * self.max_batch_images + FORM_SPARE_PARTS
+
+    @model_validator(mode="after")
+    def _check_together(self) -> Settings:
+        """Settings that only work together, each error naming both: a service configured so
+        that a request can never succeed refuses to start rather than answering 503 forever."""
+        for (name, unit), (limit, limit_unit), why in _TOGETHER:
+            value = getattr(self, name) * _SECONDS.get(unit, 1)
+            bound = getattr(self, limit) * _SECONDS.get(limit_unit, 1)
+            if value > bound:
+                raise ValueError(
+                    f"DIGITSUM_{name.upper()}={getattr(self, name)} must not exceed "
+                    f"DIGITSUM_{limit.upper()}={getattr(self, limit)}{_UNITS[unit, limit_unit]}: "
+                    f"{why}"
+                )
+        return self
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
         return check_device_name(value)
+
+
+# Parts a form may carry beyond two per batch entry (Settings.max_form_parts).
+FORM_SPARE_PARTS = 8
+
+# (setting, unit) that must not exceed (setting, unit), and why.
+_TOGETHER = (
+    (
+        ("max_batch_images", ""),
+        ("max_queue", ""),
+        "a full batch would never fit the model's queue, and would be answered 503 forever",
+    ),
+    (
+        ("max_batch_images", ""),
+        ("max_decode_queue", ""),
+        "a full batch of photos would never fit the decoding queue, and would be answered 503 "
+        "forever",
+    ),
+    (
+        ("max_upload_bytes", ""),
+        ("max_inflight_bytes", ""),
+        "the largest upload allowed would never be admitted",
+    ),
+    (
+        ("max_requests", ""),
+        ("max_connections", ""),
+        "uvicorn would refuse connections in plain text before the service's own JSON 503",
+    ),
+    (
+        ("batch_max_wait_ms", "ms"),
+        ("inference_timeout_s", "s"),
+        "every request would time out waiting for its batch",
+    ),
+    (
+        ("batch_gather_ms", "ms"),
+        ("inference_timeout_s", "s"),
+        "every request would time out waiting for its batch",
+    ),
+    (
+        ("inference_timeout_s", "s"),
+        ("graceful_timeout_s", "s"),
+        "a shutdown would cut off predictions still allowed to run",
+    ),
+)
+_SECONDS = {"ms": 1e-3, "s": 1.0}
+_UNITS = {("", ""): "", ("ms", "s"): " (milliseconds against seconds)", ("s", "s"): ""}
 
 
 @lru_cache

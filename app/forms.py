@@ -18,7 +18,9 @@ from starlette.requests import Request
 
 from app.errors import ServiceError
 
-# Starlette's defaults are 1,000 files and 1,000 fields; we need at most two parts per image.
+# Starlette's defaults are 1,000 files and 1,000 fields. The service's cap is derived from
+# DIGITSUM_MAX_BATCH_IMAGES (Settings.max_form_parts: two parts per image, and a few spare);
+# this is the parser's default where no cap is given.
 MAX_PARTS = 1000
 # python-multipart's own defaults, stated: headers per part, and bytes in one header line.
 MAX_PART_HEADERS = 8
@@ -116,9 +118,9 @@ def parse_number(value: bytes, field: str) -> int:
     raise FormFieldError(f"{field}: expected an integer 0..9, got {shown!r}", field)
 
 
-async def read_form(request: Request) -> Form:
+async def read_form(request: Request, max_parts: int = MAX_PARTS) -> Form:
     """Read and parse the body: 422 when it is not multipart/form-data, 400 when it is a
-    malformed one.
+    malformed one (among others, one of more than `max_parts` parts).
 
     Any other content type is answered from the header alone, its body neither read nor
     decoded: a URL-encoded form, say, cannot carry the image file."""
@@ -133,21 +135,21 @@ async def read_form(request: Request) -> Form:
         raise MalformedForm("multipart/form-data without a boundary parameter")
     body = await request.body()
     if len(body) <= SLICE_BYTES:
-        return parse_form(body, boundary)
+        return parse_form(body, boundary, max_parts)
     # python-multipart reads some bytes one at a time in Python (spaces before a header value,
     # near-misses of the boundary): a body built of them takes seconds to parse. Fed in slices,
     # it holds the event loop, and so every other request of this worker, for one slice at a
     # time, never for the whole body.
-    reader = FormReader(body, boundary)
+    reader = FormReader(body, boundary, max_parts)
     for at in range(0, len(body), SLICE_BYTES):
         reader.write(body[at : at + SLICE_BYTES])
         await asyncio.sleep(0)
     return reader.form()
 
 
-def parse_form(body: bytes, boundary: bytes) -> Form:
+def parse_form(body: bytes, boundary: bytes, max_parts: int = MAX_PARTS) -> Form:
     """A whole multipart/form-data body (RFC 7578), parsed by python-multipart in one call."""
-    reader = FormReader(body, boundary)
+    reader = FormReader(body, boundary, max_parts)
     reader.write(body)
     return reader.form()
 
@@ -156,13 +158,14 @@ class FormReader:
     """python-multipart's MultipartParser, with callbacks that keep the parts in memory by field
     name; feed it `body` with write(), in one piece or several, then take form().
 
-    A body with more delimiters (CRLF, "--", the boundary) than MAX_PARTS is refused before any
-    parsing, by one count in C: it has too many parts, or near-misses of the boundary in its
+    A body with more delimiters (CRLF, "--", the boundary) than `max_parts` is refused before
+    any parsing, by one count in C: it has too many parts, or near-misses of the boundary in its
     data, which python-multipart steps through a byte at a time."""
 
-    def __init__(self, body: bytes, boundary: bytes) -> None:
-        if body.count(b"\r\n--" + boundary) > MAX_PARTS:
-            raise MalformedForm(f"more than {MAX_PARTS} parts in one form")
+    def __init__(self, body: bytes, boundary: bytes, max_parts: int = MAX_PARTS) -> None:
+        self.max_parts = max_parts
+        if body.count(b"\r\n--" + boundary) > max_parts:
+            raise MalformedForm(f"more than {max_parts} parts in one form")
         self.parts: dict[str, list[bytes]] = {}
         self._files: set[str] = set()  # fields with a part sent as a file
         self._texts: set[str] = set()  # ... and with a part sent as text
@@ -207,8 +210,8 @@ class FormReader:
 
     def _part_begin(self) -> None:
         self._count += 1
-        if self._count > MAX_PARTS:
-            raise MalformedForm(f"more than {MAX_PARTS} parts in one form")
+        if self._count > self.max_parts:
+            raise MalformedForm(f"more than {self.max_parts} parts in one form")
         self._data = []
         self._disposition = None
 

@@ -119,7 +119,7 @@ async def predict(request: Request) -> Response:
     from the network's own sum head; `consistent` says whether it equals `digit + number`."""
     include_input = query_flag(request, "include_input")
     runtime = runtime_of(request)
-    form = await read_form(request)
+    form = await read_form(request, runtime.settings.max_form_parts)
     image, number = form.file("image"), form.number("number")
     _admit(runtime, 1)
     (upload,) = await _uploads(runtime, [image])
@@ -143,7 +143,7 @@ async def predict_batch(request: Request) -> Response:
     A bad image fails only its own entry, which carries its own error."""
     include_input = query_flag(request, "include_input")
     runtime = runtime_of(request)
-    form = await read_form(request)
+    form = await read_form(request, runtime.settings.max_form_parts)
     images, numbers = form.files("images"), form.numbers("numbers")
     limit = runtime.settings.max_batch_images
     if not images:
