@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from app import devices, metrics
+from app.admission import OVERLOADED_MESSAGE
 from app.errors import (
     InferenceTimeout,
     InternalError,
@@ -358,7 +359,7 @@ class DynamicBatcher:
         No later than timeout_s after queueing, the answers come or InferenceTimeout is raised.
         """
         if self._queued + len(images) > self.max_queue:
-            raise Overloaded("the service is at capacity; retry shortly")
+            raise Overloaded(OVERLOADED_MESSAGE)
         job = _Job(images, numbers, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._queued += len(images)

@@ -23,6 +23,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
 from app import __version__
+from app.admission import Admission
 from app.api.routes import docs, health, metrics, model, page, predict
 from app.config import Settings, available_cpus, get_settings, torch_threads_for
 from app.errors import ModelLoadError, install_error_handlers
@@ -81,7 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     batcher.start()
     decode_threads = settings.preprocess_threads or available_cpus()
     pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
-    service.runtime = Runtime(settings, model, batcher, pool, decode_threads)
+    service.runtime = Runtime(settings, model, batcher, pool, decode_threads, service.admission)
     install_drain_handler(service, settings.drain_delay_s)
     # Everything loaded so far (torch, the model, the app) lives as long as the process: out of
     # the cyclic collector's reach, its full collections stop walking it, which showed as
@@ -146,6 +147,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app; nothing is loaded until the lifespan starts."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    admission = Admission(
+        max_requests=settings.max_requests,
+        max_bytes=settings.max_inflight_bytes,
+        max_decoding=settings.max_decode_queue,
+    )
     cors = [
         Middleware(
             CORSMiddleware,
@@ -172,12 +178,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 RequestContextMiddleware,
                 max_body_bytes=settings.max_upload_bytes,
                 body_timeout_s=settings.body_timeout_s,
+                admission=admission,
             ),
             *(cors if settings.cors_origins else []),
             Middleware(PredictFastPath, routes=predict.routes()),
         ],
     )
-    app.state.service = ServiceState(settings)
+    app.state.service = ServiceState(settings, admission)
     install_error_handlers(app)
     for router in (predict.router, health.router, model.router, metrics.router):
         app.include_router(router)

@@ -88,6 +88,25 @@ QUEUE_DEPTH = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
+# Work in flight beyond the model's queue (app/admission.py), read at each scrape.
+REQUESTS_IN_FLIGHT = Gauge(
+    "digitsum_requests_in_flight",
+    "Requests with a body being read or answered",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+BODY_BYTES_IN_FLIGHT = Gauge(
+    "digitsum_body_bytes_in_flight",
+    "Bytes of request bodies being read or held by requests in flight",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+DECODE_QUEUE = Gauge(
+    "digitsum_decode_queue",
+    "Images waiting for or in the decoding pool",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 PREDICTIONS = Counter(
     "digitsum_predictions_total",
     "Predictions made, by predicted digit",

@@ -22,9 +22,11 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.admission import Admission
 from app.errors import (
     INTERNAL_ERROR_MESSAGE,
     BodyTimeout,
+    Overloaded,
     PayloadTooLarge,
     ServiceError,
     error_json,
@@ -56,11 +58,20 @@ class RequestIds:
 MIN_BODY_BYTES_PER_S = 1024
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _request_id_and_length(scope: Scope) -> tuple[str | None, str | None]:
+    """X-Request-ID and Content-Length, in one pass over the headers."""
+    request_id = length = None
     for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
+        if key == b"x-request-id":
+            request_id = value.decode("latin-1")
+        elif key == b"content-length":
+            length = value.decode("latin-1")
+    return request_id, length
+
+
+# Methods whose requests carry a body, and so go through admission (app/admission.py); the
+# probes and /metrics are never refused for load.
+_WITH_BODY = frozenset(("POST", "PUT", "PATCH"))
 
 
 class RequestContextMiddleware:
@@ -68,10 +79,13 @@ class RequestContextMiddleware:
     per-chunk body timeout and a minimum body rate without reading more than the limit, and
     records metrics and one structured access-log line."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float, admission: Admission
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        self.admission = admission
         self.ids = RequestIds()
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -80,7 +94,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        client_id = _header(scope, b"x-request-id")
+        client_id, declared = _request_id_and_length(scope)
         request_id = (
             client_id if client_id and _SAFE_REQUEST_ID.fullmatch(client_id) else self.ids.next()
         )
@@ -97,9 +111,10 @@ class RequestContextMiddleware:
             await send(message)
 
         received, body_done, body_started = 0, False, 0.0
+        counted = 0  # bytes of this request counted by admission
 
         async def receive_limited() -> Message:
-            nonlocal received, body_done, body_started
+            nonlocal received, body_done, body_started, counted
             if body_done:
                 return await receive()
             body_started = body_started or time.perf_counter()
@@ -114,6 +129,9 @@ class RequestContextMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise PayloadTooLarge(self._too_large_message())
+                if received > counted:  # more than the headers declared (a chunked body)
+                    extra, counted = received - counted, received
+                    self.admission.add_bytes(extra)
                 body_done = not message.get("more_body", False)
                 elapsed = time.perf_counter() - body_started
                 if (
@@ -126,12 +144,21 @@ class RequestContextMiddleware:
                     )
             return message
 
+        admitted = False
         try:
-            declared = _header(scope, b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                await self._refuse_too_large(scope, receive, send_with_id, request_id)
-            else:
-                await self.app(scope, receive_limited, send_with_id)
+            length = int(declared) if declared is not None and declared.isdigit() else 0
+            if length > self.max_body_bytes:
+                too_large = PayloadTooLarge(self._too_large_message())
+                await self._refuse_unread(too_large, scope, receive, send_with_id, request_id)
+                return
+            if scope["method"] in _WITH_BODY:
+                try:
+                    self.admission.admit_request(length)
+                except Overloaded as exc:
+                    await self._refuse_unread(exc, scope, receive, send_with_id, request_id)
+                    return
+                admitted, counted = True, length
+            await self.app(scope, receive_limited, send_with_id)
         except ClientDisconnect:
             # The client hung up before its body arrived: nobody to answer, nothing of ours
             # failed. Counted under nginx's 499 ("client closed request").
@@ -147,20 +174,23 @@ class RequestContextMiddleware:
                 response = error_json(500, "internal_error", INTERNAL_ERROR_MESSAGE, request_id)
                 await response(scope, receive, send_with_id)
         finally:
+            if admitted:
+                self.admission.release(counted)
             self._record(scope, status, time.perf_counter() - started, request_id)
 
     def _too_large_message(self) -> str:
         return f"request body over the limit of {self.max_body_bytes:,} bytes"
 
-    async def _refuse_too_large(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str
+    async def _refuse_unread(
+        self, exc: ServiceError, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
-        # Answer from the headers alone; the body is never read, and the connection is closed.
+        # Answered from the headers: the body is never read, and the connection is closed.
         response = error_json(
-            PayloadTooLarge.status,
-            PayloadTooLarge.code,
-            self._too_large_message(),
+            exc.status,
+            exc.code,
+            exc.message,
             request_id,
+            retry_after=exc.retry_after,
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)

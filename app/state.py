@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from app import metrics
+from app.admission import Admission
 from app.config import Settings
 from app.inference import DynamicBatcher, LoadedModel
 
@@ -27,6 +28,7 @@ class Runtime:
     batcher: DynamicBatcher
     preprocess_pool: ThreadPoolExecutor
     preprocess_threads: int  # the pool's size: a batch's images are split into this many parts
+    admission: Admission  # the worker's counts of work in flight (ServiceState's)
 
 
 @dataclass
@@ -34,6 +36,7 @@ class ServiceState:
     """Stored on app.state.service; `runtime` is set once the model is loaded and warm."""
 
     settings: Settings
+    admission: Admission
     phase: Phase = Phase.LOADING
     runtime: Runtime | None = None
     drain_started: float | None = None  # time.perf_counter() when the drain began

@@ -3,11 +3,13 @@ worker's values, app/metrics.py)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app import metrics
 from app.api.deps import ServiceDep
-from app.metrics import QUEUE_DEPTH, instance_registry
 
 router = APIRouter(tags=["monitoring"])
 
@@ -19,6 +21,14 @@ router = APIRouter(tags=["monitoring"])
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
 )
 async def prometheus_metrics(service: ServiceDep) -> Response:
+    # The live counts are read here, once per scrape, rather than set on every request.
+    admission = service.admission
+    metrics.REQUESTS_IN_FLIGHT.set(admission.requests)
+    metrics.BODY_BYTES_IN_FLIGHT.set(admission.bytes)
+    metrics.DECODE_QUEUE.set(admission.decoding)
     if service.runtime is not None:
-        QUEUE_DEPTH.set(service.runtime.batcher.depth)
-    return Response(generate_latest(instance_registry()), media_type=CONTENT_TYPE_LATEST)
+        metrics.QUEUE_DEPTH.set(service.runtime.batcher.depth)
+    # Rendering, and with several workers reading and merging their files, takes milliseconds:
+    # off the event loop, which meanwhile serves predictions.
+    text = await asyncio.to_thread(generate_latest, metrics.instance_registry())
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic_core import to_json
 
+from app.admission import OVERLOADED_MESSAGE
 from app.api.deps import runtime_of
 from app.errors import (
     NOT_A_DIGIT_MESSAGE,
@@ -50,28 +51,40 @@ def _admit(runtime: Runtime, images: int) -> None:
     """Refuse before decoding when the model's queue has no room: under overload, decoding images
     that the batcher will refuse anyway only deepens it. The batcher checks again on queueing."""
     if runtime.batcher.depth + images > runtime.batcher.max_queue:
-        raise Overloaded("the service is at capacity; retry shortly")
+        raise Overloaded(OVERLOADED_MESSAGE)
 
 
 async def _uploads(runtime: Runtime, blobs: list[bytes]) -> list[Upload | ServiceError]:
     """Small PNGs go to the batcher as they are; larger images are prepared first, off the event
-    loop, in the preprocessing pool (split across its threads)."""
+    loop, in the preprocessing pool (split across its threads), if its queue has room for them
+    all (app/admission.py)."""
     heavy = [i for i, blob in enumerate(blobs) if not is_light(blob)]
     out: list[Upload | ServiceError] = list(blobs)
     if heavy:
-        loop = asyncio.get_running_loop()
-        max_pixels = runtime.settings.max_image_pixels
-        size = -(-len(heavy) // max(1, min(len(heavy), runtime.preprocess_threads)))
-        chunks = [[blobs[i] for i in heavy[at : at + size]] for at in range(0, len(heavy), size)]
-        parts = await asyncio.gather(
-            *(
-                loop.run_in_executor(runtime.preprocess_pool, prepare_batch, chunk, max_pixels)
-                for chunk in chunks
-            )
-        )
-        for i, prepared in zip(heavy, (x for part in parts for x in part), strict=True):
-            out[i] = prepared
+        runtime.admission.admit_decoding(len(heavy))
+        try:
+            await _prepare(runtime, blobs, heavy, out)
+        finally:
+            runtime.admission.done_decoding(len(heavy))
     return out
+
+
+async def _prepare(
+    runtime: Runtime, blobs: list[bytes], heavy: list[int], out: list[Upload | ServiceError]
+) -> None:
+    """The images at `heavy` prepared in the preprocessing pool, into their places in `out`."""
+    loop = asyncio.get_running_loop()
+    max_pixels = runtime.settings.max_image_pixels
+    size = -(-len(heavy) // max(1, min(len(heavy), runtime.preprocess_threads)))
+    chunks = [[blobs[i] for i in heavy[at : at + size]] for at in range(0, len(heavy), size)]
+    parts = await asyncio.gather(
+        *(
+            loop.run_in_executor(runtime.preprocess_pool, prepare_batch, chunk, max_pixels)
+            for chunk in chunks
+        )
+    )
+    for i, prepared in zip(heavy, (x for part in parts for x in part), strict=True):
+        out[i] = prepared
 
 
 def _prediction(answer: Answer, number: int, version: str, include_input: bool) -> dict[str, Any]:
