@@ -24,7 +24,7 @@ from uvicorn.supervisors import Multiprocess
 from app.config import Settings
 from app.errors import ModelLoadError
 from app.inference import load_model, resolve_device
-from app.logs import configure_logging
+from app.logs import configure_logging, flush_logging
 from app.metrics import MULTIPROC_DIR_ENV
 
 log = logging.getLogger("digitsum")
@@ -113,6 +113,7 @@ if __name__ == "__main__":
     status = main()
     # The server has drained and stopped; skip the interpreter's teardown of torch's objects,
     # which takes seconds of a shutdown grace period and does nothing for anyone.
+    flush_logging()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

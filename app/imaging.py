@@ -197,6 +197,12 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return _decode(data, max_pixels, draft_side=0)[0]
 
 
+# Pillow warns of a possible decompression bomb above Image.MAX_IMAGE_PIXELS: for the service it
+# is an error, in every thread. Set once for the process rather than with catch_warnings around
+# each decode, which swaps the process's filters and so is not thread-safe (the decoding pool
+# and the model thread decode at the same time).
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
 # What the decoders raise on a truncated or corrupt file, besides Pillow's decompression-bomb
 # errors, and nothing more: anything else raised while decoding is a bug of ours, answered as an
 # internal error and logged, not passed off as the caller's bad file. Pillow's plugins raise
@@ -225,29 +231,27 @@ def _decode(data: bytes, max_pixels: int, draft_side: int) -> tuple[Image.Image,
         if fmt == "HEIF":
             _register_heif()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f"image is {width}x{height} pixels; the limit is {max_pixels:,} pixels",
-                    field="image",
-                )
-            if min(width, height) < MIN_IMAGE_SIDE:
-                raise ImageTooSmall(
-                    f"image is {width}x{height} pixels; a digit needs at least "
-                    f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}",
-                    field="image",
-                )
-            image.seek(0)  # first frame of an animation
-            if draft_side and max(width, height) > draft_side:
-                scale = draft_side / max(width, height)
-                # Grey straight from the DCT (the pipeline reads luminance only): no colour
-                # conversion, no chroma upsampling.
-                mode = "L" if image.mode in ("RGB", "L") else image.mode
-                image.draft(mode, (max(1, int(width * scale)), max(1, int(height * scale))))
-            image.load()
+        image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"image is {width}x{height} pixels; the limit is {max_pixels:,} pixels",
+                field="image",
+            )
+        if min(width, height) < MIN_IMAGE_SIDE:
+            raise ImageTooSmall(
+                f"image is {width}x{height} pixels; a digit needs at least "
+                f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}",
+                field="image",
+            )
+        image.seek(0)  # first frame of an animation
+        if draft_side and max(width, height) > draft_side:
+            scale = draft_side / max(width, height)
+            # Grey straight from the DCT (the pipeline reads luminance only): no colour
+            # conversion, no chroma upsampling.
+            mode = "L" if image.mode in ("RGB", "L") else image.mode
+            image.draft(mode, (max(1, int(width * scale)), max(1, int(height * scale))))
+        image.load()
     except (ImageTooLarge, UnsupportedFormat):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

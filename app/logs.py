@@ -1,11 +1,19 @@
-"""Structured logs: one JSON object per line, with the request id where there is one."""
+"""Structured logs: one JSON object per line, with the request id where there is one.
+
+Records are handed to a thread through a queue (the standard library's QueueHandler and
+QueueListener): formatting and writing them never runs on the event loop, so a slow log sink (a
+full pipe, a stalled collector) slows the log, not the clients.
+"""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import sys
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
 from typing import TextIO
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -57,18 +65,56 @@ class StderrHandler(logging.StreamHandler[TextIO]):
         return sys.stderr
 
 
+class _Enqueue(QueueHandler):
+    """Hands each record to the writer thread as it is, with its message merged (cheap, and
+    safe if the arguments change later) and its traceback kept for the JSON formatter, which
+    runs on that thread. The standard QueueHandler formats on the caller's thread instead."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg, record.args = record.getMessage(), None
+        return record
+
+
+_writer: QueueListener | None = None
+_enqueue: _Enqueue | None = None
+
+
+def _log_queue_handler() -> _Enqueue:
+    """The process's one queue handler, and its writer thread (started the first time)."""
+    global _writer, _enqueue
+    if _enqueue is None:
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        writer = StderrHandler()
+        writer.setFormatter(JsonFormatter())
+        _writer = QueueListener(records, writer)
+        _writer.start()
+        _enqueue = _Enqueue(records)
+        atexit.register(flush_logging)
+    return _enqueue
+
+
+def flush_logging() -> None:
+    """Write every record still queued, and stop the writer thread (at exit: a process that
+    ends with os._exit calls this itself). Logging after this starts a new writer."""
+    global _writer, _enqueue
+    if _writer is not None:
+        _writer.stop()
+        logging.getLogger().removeHandler(_enqueue)  # type: ignore[arg-type]
+        _writer = _enqueue = None
+
+
 def configure_logging(level: str) -> None:
     """JSON lines on stderr for our loggers and uvicorn's; uvicorn's access log stays off.
 
     Called by create_app (app/main.py), so every way of serving the app logs alike: `python -m
     app`, `uvicorn app.main:app`, `fastapi run` (each configures its own logging before it
     imports the app; this then takes over). Idempotent: it replaces only a handler it installed
-    itself, and leaves any other on the root logger (a test runner's) in place.
+    itself (one queue and one writer thread per process), and leaves any other on the root
+    logger (a test runner's) in place.
     """
-    handler = StderrHandler()
-    handler.setFormatter(JsonFormatter())
+    handler = _log_queue_handler()
     root = logging.getLogger()
-    root.handlers[:] = [h for h in root.handlers if not isinstance(h, StderrHandler)] + [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _Enqueue)] + [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "fastapi", "fastapi_cli"):
         logging.getLogger(name).handlers[:] = []

@@ -87,8 +87,8 @@ async def _prepare(
         out[i] = prepared
 
 
-def _prediction(answer: Answer, number: int, version: str, include_input: bool) -> dict[str, Any]:
-    """One PredictResponse, as the dict it serialises to."""
+def _prediction(answer: Answer, number: int, version: str, input_png: str | None) -> dict[str, Any]:
+    """One PredictResponse, as the dict it serialises to (with what the model saw, if asked)."""
     digit, digit_confidence, total, sum_confidence, _ = answer.prediction
     body: dict[str, Any] = {
         "digit": digit,
@@ -99,17 +99,23 @@ def _prediction(answer: Answer, number: int, version: str, include_input: bool) 
         "consistent": total == digit + number,
         "model_version": version,
     }
-    if include_input:
-        body["input_png"] = png_base64(answer.pixels)
+    if input_png is not None:
+        body["input_png"] = input_png
     return body
 
 
-def _not_a_digit(answer: Answer, field: str, include_input: bool) -> NoDigit:
+def _not_a_digit(field: str, input_png: str | None) -> NoDigit:
     """The model's not-a-digit head refused this image: the error, with what it saw if asked."""
     error = NoDigit(NOT_A_DIGIT_MESSAGE, field=field)
-    if include_input:
-        error.details["input_png"] = png_base64(answer.pixels)
+    if input_png is not None:
+        error.details["input_png"] = input_png
     return error
+
+
+def _input_pngs(outcome: list[Answer | ServiceError]) -> list[str | None]:
+    """What the model saw, as base64 PNGs, for the answered images of a batch (in a thread: a
+    PNG each, for up to DIGITSUM_MAX_BATCH_IMAGES images, is too long for the event loop)."""
+    return [None if isinstance(x, ServiceError) else png_base64(x.pixels) for x in outcome]
 
 
 def _json(body: dict[str, Any]) -> Response:
@@ -139,9 +145,10 @@ async def predict(request: Request) -> Response:
     if isinstance(upload, ServiceError):
         raise upload
     answer = await runtime.batcher.predict(upload, number)
+    input_png = png_base64(answer.pixels) if include_input else None  # one image: on the loop
     if answer.prediction.no_digit:
-        raise _not_a_digit(answer, "image", include_input)
-    return _json(_prediction(answer, number, runtime.model.version, include_input))
+        raise _not_a_digit("image", input_png)
+    return _json(_prediction(answer, number, runtime.model.version, input_png))
 
 
 @router.post(
@@ -180,16 +187,17 @@ async def predict_batch(request: Request) -> Response:
         outcome[i] = answer
     request_id = request_id_of(request)
     version = runtime.model.version
+    pngs = await asyncio.to_thread(_input_pngs, outcome) if include_input else [None] * len(outcome)
     results: list[dict[str, Any]] = []
-    for i, (item, number) in enumerate(zip(outcome, numbers, strict=True)):
+    for i, (item, number, input_png) in enumerate(zip(outcome, numbers, pngs, strict=True)):
         if not isinstance(item, ServiceError) and item.prediction.no_digit:
-            item = _not_a_digit(item, f"images[{i}]", include_input)
+            item = _not_a_digit(f"images[{i}]", input_png)
         if isinstance(item, ServiceError):
             if isinstance(item, InternalError):
                 item.report(request_id)
             error = error_body(item.code, item.message, request_id, f"images[{i}]", item.details)
             results.append({"index": i, **error})
         else:
-            prediction = _prediction(item, number, version, include_input)
+            prediction = _prediction(item, number, version, input_png)
             results.append({"index": i, "prediction": prediction})
     return _json({"results": results})
