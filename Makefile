@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | md5sum | cut -c1-12)
 DATA_DIR ?= data
 
-.PHONY: install serve test lint lint-python typecheck pytest train evaluate bench clean field-data field-eval
+.PHONY: install serve test lint lint-python typecheck pytest train evaluate bench clean field-data field-eval fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The image fuzzers at length (make test runs them bounded): prepare_image on generated and
+# corrupted files of every shape, mode and format, then the live service with hostile and good
+# images in the same batches. docs/reliability.md has a run's figures.
+FUZZ_EXAMPLES ?= 3000
+fuzz: $(STAMP)
+	DIGITSUM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider --durations=0 \
+		-o addopts="-ra --strict-markers --strict-config" --timeout 3600 \
+		tests/app/test_degenerate.py tests/reliability/test_fuzz_service.py -k fuzz
 
 train: $(STAMP)
 	$(PY) -m training --data-dir $(DATA_DIR) $(TRAIN_ARGS)
