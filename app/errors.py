@@ -61,6 +61,12 @@ class NoDigit(ServiceError):
 
     status, code = 422, "no_digit"
 
+    def __init__(self, message: str, *, field: str | None = None, rule: str) -> None:
+        super().__init__(message, field=field)
+        # Which rule refused: one of app.ink.RULES, "blank_frame" (nothing left to frame),
+        # or "model" (its not-a-digit head). For logs and the regression set, not the answer.
+        self.rule = rule
+
 
 NOT_A_DIGIT_MESSAGE = (
     "I don't see a digit here: what is in the image does not look like a digit 0-9 "

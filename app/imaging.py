@@ -410,7 +410,9 @@ def _upright(image: Image.Image) -> Image.Image:
 
 
 def _blank() -> NoDigit:
-    return NoDigit("I don't see a digit in this image: it looks blank", field="image")
+    return NoDigit(
+        "I don't see a digit in this image: it looks blank", field="image", rule="blank_frame"
+    )
 
 
 # Small PNGs (MNIST's own 28x28 digits, a client's thumbnails) are decoded inside the model's

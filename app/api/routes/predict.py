@@ -106,7 +106,7 @@ def _prediction(answer: Answer, number: int, version: str, input_png: str | None
 
 def _not_a_digit(field: str, input_png: str | None) -> NoDigit:
     """The model's not-a-digit head refused this image: the error, with what it saw if asked."""
-    error = NoDigit(NOT_A_DIGIT_MESSAGE, field=field)
+    error = NoDigit(NOT_A_DIGIT_MESSAGE, field=field, rule="model")
     if input_png is not None:
         error.details["input_png"] = input_png
     return error
