@@ -58,6 +58,12 @@ FIELD_DIR ?= $(DATA_DIR)/field
 field-data: $(STAMP)
 	nice -n 10 $(PY) -m training.fieldset --out $(FIELD_DIR) $(FIELD_ARGS)
 
+# The photo pipeline's regression set (tests/data/regression, a few MB, committed): new images
+# and their answers recorded. `make test` checks them (tests/app/test_pipeline_regression.py).
+.PHONY: regression-set
+regression-set: $(STAMP)
+	nice -n 10 $(PY) -m training.pipeline_regression --make
+
 # The service's own path (app.imaging + app.inference) on the held-out split, per scene.
 field-eval: $(STAMP)
 	$(PY) -m training.field_eval --field-dir $(FIELD_DIR) --split heldout --model models/digitsum.pt $(FIELD_EVAL_ARGS)

@@ -32,6 +32,7 @@ from app.errors import (
     ServiceError,
     UnsupportedFormat,
 )
+from app.ink_params import PARAMS, InkParams
 
 # Pillow's names for the formats we decode. HEIF is what iPhones save (HEIC), read by
 # pillow-heif (libheif); AVIF is read by Pillow's own plugin (libavif, in its wheels).
@@ -325,7 +326,7 @@ def _composite(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return flat
 
 
-def _to_white_on_black(grey: np.ndarray) -> tuple[np.ndarray, bool]:
+def _to_white_on_black(grey: np.ndarray, params: InkParams = PARAMS) -> tuple[np.ndarray, bool]:
     """White ink on black, as MNIST has it; returns (image, inverted).
 
     An image whose border is mostly exact black (MNIST itself, a clean drawing) is left as it
@@ -348,7 +349,7 @@ def _to_white_on_black(grey: np.ndarray) -> tuple[np.ndarray, bool]:
     height, width = grey.shape
     middle = grey[height // 4 : height - height // 4, width // 4 : width - width // 4]
     inverted = inverted or float(np.median(middle)) > PAPER_LEVEL
-    return ink.digit_ink(grey if inverted else 1.0 - grey).pixels, inverted
+    return ink.digit_ink(grey if inverted else 1.0 - grey, params).pixels, inverted
 
 
 def frame_like_mnist(grey: np.ndarray) -> np.ndarray:
@@ -380,15 +381,16 @@ def frame_like_mnist(grey: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare_image(data: bytes, max_pixels: int) -> PreparedImage:
-    """The whole path from upload bytes to the model's input; raises our 4xx errors."""
+def prepare_image(data: bytes, max_pixels: int, params: InkParams = PARAMS) -> PreparedImage:
+    """The whole path from upload bytes to the model's input; raises our 4xx errors. `params`
+    are the photo pipeline's tuned numbers (app/ink_params.py): the service uses PARAMS."""
     image, source_size = _decode(data, max_pixels, draft_side=DRAFT_SIDE)
     source_format = str(image.format)
     image = _upright(image)
     grey, alpha = _luminance_and_alpha(image)
     if alpha is not None:
         grey = _composite(grey, alpha)
-    grey, inverted = _to_white_on_black(grey)
+    grey, inverted = _to_white_on_black(grey, params)
     pixels = frame_like_mnist(grey)
     if not pixels.any():
         raise _blank()

@@ -27,6 +27,7 @@ from app.config import DEFAULT_MAX_IMAGE_PIXELS
 from app.errors import NoDigit, ServiceError
 from app.imaging import prepare_image
 from app.inference import LoadedModel, load_model
+from app.ink_params import PARAMS, InkParams
 from training.calibrate import expected_calibration_error
 
 BATCH = 256
@@ -47,6 +48,7 @@ class Outcome:
     sum: int | None = None
     digit_confidence: float | None = None
     error: str | None = None
+    rule: str | None = None  # what refused it: app.ink.RULES, "blank_frame" or "model"
 
     @property
     def digit_right(self) -> bool:
@@ -105,9 +107,14 @@ def read_manifest(split_dir: Path) -> list[dict[str, object]]:
 
 
 def run(
-    split_dir: Path, model: LoadedModel, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, seed: int = 0
+    split_dir: Path,
+    model: LoadedModel,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    seed: int = 0,
+    params: InkParams = PARAMS,
 ) -> list[Outcome]:
-    """Every image of a split through prepare_image and predict, as the service does."""
+    """Every image of a split through prepare_image and predict, as the service does (with
+    the photo pipeline's tuned numbers `params`)."""
     rows = read_manifest(split_dir)
     numbers = np.random.default_rng(seed).integers(0, 10, size=len(rows)).tolist()
     outcomes: list[Outcome] = []
@@ -122,6 +129,7 @@ def run(
             if getattr(pred, "no_digit", False):
                 outcome.answer = "no_digit"
                 outcome.error = "the model: not a digit"
+                outcome.rule = "model"
             else:
                 outcome.answer = "read"
             outcome.digit, outcome.sum = int(pred.digit), int(pred.sum)
@@ -141,10 +149,11 @@ def run(
         )
         outcomes.append(outcome)
         try:
-            prepared = prepare_image((split_dir / outcome.file).read_bytes(), max_pixels)
+            prepared = prepare_image((split_dir / outcome.file).read_bytes(), max_pixels, params)
         except NoDigit as exc:
             outcome.answer = "no_digit"
             outcome.error = f"the pipeline: {exc}"
+            outcome.rule = exc.rule
             continue
         except ServiceError as exc:
             outcome.error = f"{type(exc).__name__}: {exc}"
