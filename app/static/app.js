@@ -221,6 +221,8 @@
         if (error.field === "number") return "Pick a number from 0 to 9.";
         if (error.field === "image") return "Draw a digit or choose an image first.";
         return "The service did not understand the request.";
+      case "image_too_small":
+        return "That image is too small to hold a digit. Send one at least 8 pixels on each side.";
       case "overloaded":
         return `The service is busy right now. ${retryHint(response)}`;
       case "not_ready":
