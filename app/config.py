@@ -98,9 +98,9 @@ class Settings(BaseSettings):
 
     @property
     def max_form_parts(self) -> int:
-        """The multipart parser's part cap: an image and a number per batch entry, and spare
-        parts for fields we ignore (a client's own), never enough to matter to the parser."""
-        return 2 * self.max_batch_images + FORM_SPARE_PARTS
+        """The multipart parser's part cap: an image and a number per batch entry, times
+        FORM_PARTS_HEADROOM."""
+        return FORM_PARTS_HEADROOM * 2 * self.max_batch_images
 
     @model_validator(mode="after")
     def _check_together(self) -> Settings:
@@ -123,8 +123,10 @@ class Settings(BaseSettings):
         return check_device_name(value)
 
 
-# Parts a form may carry beyond two per batch entry (Settings.max_form_parts).
-FORM_SPARE_PARTS = 8
+# The form's part cap over what a full batch needs (Settings.max_form_parts): a batch somewhat
+# over DIGITSUM_MAX_BATCH_IMAGES is parsed and told the limit (422), a flood of parts is cut
+# while parsing (400); at the default, 1,024 parts, about Starlette's 1,000.
+FORM_PARTS_HEADROOM = 2
 
 # (setting, unit) that must not exceed (setting, unit), and why.
 _TOGETHER = (

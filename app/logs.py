@@ -37,7 +37,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD:
+            if key not in _STANDARD and not key.startswith("_"):  # "_": the handlers' own
                 entry[key] = value
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
@@ -54,8 +54,10 @@ class JsonFormatter(logging.Formatter):
 
 
 class StderrHandler(logging.StreamHandler[TextIO]):
-    """Writes to whatever sys.stderr is at the time of each record (as logging's last-resort
-    handler does), so a handler made once outlives a test runner's swapping of the stream."""
+    """Writes each record to whatever sys.stderr was when it was logged (as logging's
+    last-resort handler does, at the time of the record), so a handler made once outlives a
+    test runner's swapping of the stream, and a line written later by the writer thread goes
+    where it would have gone at once."""
 
     def __init__(self) -> None:
         logging.Handler.__init__(self)
@@ -63,6 +65,14 @@ class StderrHandler(logging.StreamHandler[TextIO]):
     @property
     def stream(self) -> TextIO:  # type: ignore[override]
         return sys.stderr
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream: TextIO = getattr(record, "_stderr", sys.stderr)
+            stream.write(self.format(record) + self.terminator)
+            stream.flush()
+        except Exception:
+            self.handleError(record)
 
 
 class _Enqueue(QueueHandler):
@@ -72,6 +82,7 @@ class _Enqueue(QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record.msg, record.args = record.getMessage(), None
+        record._stderr = sys.stderr  # where the line goes, as of now (StderrHandler)
         return record
 
 

@@ -10,13 +10,14 @@ from typing import Any
 
 LABELS = {
     "bare": "bare ASGI (fixed JSON)",
-    "limit": "FastAPI File()/Form()",
+    "limit": "FastAPI File()/Form(ge=0, le=9)",
+    "limit-bare": "FastAPI, no range check",
     "tutorial": "tutorial",
     "litserve": "LitServe (batching)",
     "ours": "ours",
 }
 # The yardsticks, in the order the ratio tables show ours against them.
-YARDSTICKS = ("bare", "limit", "tutorial", "litserve")
+YARDSTICKS = ("bare", "limit", "limit-bare", "tutorial", "litserve")
 
 # The issue's bars, measured on the same machine in the same run; `bare` is reported, not barred.
 BAR_LIMIT_RATIO = 1.2  # ours / limit req/s at 64 connections
@@ -56,13 +57,36 @@ def find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     return None
 
 
-def ratios(load: list[dict[str, Any]], connections: list[int]) -> list[dict[str, Any]]:
-    """ours / each yardstick in req/s (`ours_over_<name>`), and ours' p50 minus the limit's, at
-    each connection count."""
+# The batch size of the model-only figure in the physical ceiling below.
+CEILING_BATCH = 64
+
+
+def ceiling(
+    load: list[dict[str, Any]], model_only: dict[str, Any] | None, conns: int
+) -> float | None:
+    """The limit with our model, in req/s: one request of the bare ASGI app plus one image of
+    the model alone at batch CEILING_BATCH, one after the other on the same core. No service
+    that parses a request and runs this model on it can pass it."""
+    bare = find(load, server="bare", connections=conns)
+    model = model_reference(model_only, CEILING_BATCH)
+    if not bare or not model:
+        return None
+    return 1.0 / (1.0 / bare["requests_per_s"] + 1.0 / model["images_per_s"])
+
+
+def ratios(
+    load: list[dict[str, Any]], connections: list[int], model_only: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """ours / each yardstick in req/s (`ours_over_<name>`), ours' p50 minus the limit's, and
+    ours over the ceiling (`ours_over_ceiling`), at each connection count."""
     out = []
     for conns in connections:
         ours = find(load, server="ours", connections=conns)
         row: dict[str, Any] = {"connections": conns}
+        top = ceiling(load, model_only, conns)
+        if ours and top:
+            row["ceiling_requests_per_s"] = top
+            row["ours_over_ceiling"] = ours["requests_per_s"] / top
         for name in YARDSTICKS:
             other = find(load, server=name, connections=conns)
             if ours and other:
@@ -242,15 +266,21 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "| connections | "
             + " | ".join(f"ours / {name}" for name in YARDSTICKS)
-            + " | p50 ours - limit (ms) |",
-            "|---:|" + "---:|" * (len(YARDSTICKS) + 1),
+            + " | ours / ceiling | p50 ours - limit (ms) |",
+            "|---:|" + "---:|" * (len(YARDSTICKS) + 2),
         ]
         for row in result["ratios"]:
-            cells = [fmt(row.get(f"ours_over_{name}"), "x") for name in YARDSTICKS]
+            cells = [fmt(row.get(f"ours_over_{name}"), "x") for name in (*YARDSTICKS, "ceiling")]
             lines.append(
                 f"| {row['connections']} | {' | '.join(cells)} | "
                 f"{fmt(row.get('p50_ours_minus_limit_ms'), '', signed=True)} |"
             )
+        lines += [
+            "",
+            "The ceiling is the limit with our model: one request of the bare ASGI app plus one "
+            f"image of the model alone at batch {CEILING_BATCH}, on the same core "
+            "(1 / (1 / bare req/s + 1 / model images/s)).",
+        ]
     if result["batch"]["summary"]:
         lines += [
             "",
@@ -319,7 +349,8 @@ def console_table(result: dict[str, Any]) -> str:
         )
     for row in result["ratios"]:
         over = ", ".join(
-            f"ours/{name} {fmt(row.get(f'ours_over_{name}'), 'x')}" for name in YARDSTICKS
+            f"ours/{name} {fmt(row.get(f'ours_over_{name}'), 'x')}"
+            for name in (*YARDSTICKS, "ceiling")
         )
         lines.append(
             f"{row['connections']:>4} connections: {over}"

@@ -28,6 +28,7 @@ from typing import Any
 
 from bench import payload, report
 from bench.servers import (
+    DEFAULT_SERVERS,
     SERVER_NAMES,
     RunningServer,
     ServerError,
@@ -67,8 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add(
         "--servers",
-        default=",".join(SERVER_NAMES),
-        help=f"comma-separated servers to run (default: {','.join(SERVER_NAMES)})",
+        default=",".join(DEFAULT_SERVERS),
+        help=f"comma-separated servers to run, of {','.join(SERVER_NAMES)} "
+        f"(default: {','.join(DEFAULT_SERVERS)})",
     )
     add(
         "--connections",
@@ -454,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_summary = report.summarise(batch_rows, ("server", "connections"))
     result["load"] = {"summary": load_summary, "runs": load_rows}
     result["batch"] = {"summary": batch_summary, "runs": batch_rows, "yardsticks": yardsticks}
-    result["ratios"] = report.ratios(load_summary, args.connections)
+    result["ratios"] = report.ratios(load_summary, args.connections, result["model_only"])
     result["bars"] = report.bars(
         load_summary, batch_summary, result["model_only"], args.batch_images, batch_rows, yardsticks
     )

@@ -1,7 +1,9 @@
 """The servers under test, each started as one server process pinned to the server CPUs.
 
 - bare: bench/bare_app.py, a bare ASGI app that reads the body and answers a fixed JSON
-- limit: bench/empty_app.py, FastAPI's File()/Form() reading the same form, doing nothing else
+- limit: bench/empty_app.py, the FastAPI endpoint a user would write, File() and Form(ge=0, le=9)
+  reading the same form, doing nothing else
+- limit-bare: the same without the range check (reported, not barred; not run by default)
 - tutorial: bench/tutorial_app.py, the usual per-request implementation
 - litserve: bench/litserve_app.py, the same checkpoint behind LitServe with its batching
 - ours: `python -m app`, the service exactly as `make serve` starts it
@@ -32,7 +34,8 @@ UVICORN_FLAGS = [
     "--log-level",
     "warning",
 ]
-SERVER_NAMES = ("bare", "limit", "tutorial", "litserve", "ours")
+SERVER_NAMES = ("bare", "limit", "limit-bare", "tutorial", "litserve", "ours")
+DEFAULT_SERVERS = ("bare", "limit", "tutorial", "litserve", "ours")
 
 
 class ServerError(RuntimeError):
@@ -65,12 +68,24 @@ def server_spec(name: str, python: str, port: int, model_path: Path) -> ServerSp
             [python, "-m", "bench.litserve_app"],
             env={"BENCH_PORT": str(port), "DIGITSUM_MODEL_PATH": str(model_path)},
         )
-    if name == "limit":
+    if name in ("limit", "limit-bare"):
+        validated = name == "limit"
         return ServerSpec(
             name,
-            "FastAPI File()/Form() endpoint reading the same form, doing nothing else "
-            "(bench/empty_app.py)",
-            [python, "-m", "uvicorn", "bench.empty_app:app", *host, *UVICORN_FLAGS],
+            (
+                "FastAPI endpoint with File() and Form(ge=0, le=9), reading the same form, "
+                "doing nothing else (bench/empty_app.py)"
+                if validated
+                else "the same FastAPI endpoint without the range check (bench/empty_app.py)"
+            ),
+            [
+                python,
+                "-m",
+                "uvicorn",
+                "bench.empty_app:" + ("app" if validated else "bare_app"),
+                *host,
+                *UVICORN_FLAGS,
+            ],
             has_batch=True,
         )
     if name == "tutorial":

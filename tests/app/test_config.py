@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from app.config import FORM_SPARE_PARTS, Settings
+from app.config import FORM_PARTS_HEADROOM, Settings
 from app.main import create_app
 from tests.conftest import make_settings
 from tests.imagegen import mnist_png
@@ -51,10 +51,10 @@ def test_settings_that_cannot_work_together_are_refused_naming_both(
 
 
 def test_the_form_part_cap_follows_the_batch_limit() -> None:
-    assert Settings().max_form_parts == 2 * 256 + FORM_SPARE_PARTS
+    assert Settings().max_form_parts == FORM_PARTS_HEADROOM * 2 * 256
     assert Settings(
         max_batch_images=2048, max_queue=4096, max_decode_queue=2048
-    ).max_form_parts == (2 * 2048 + FORM_SPARE_PARTS)
+    ).max_form_parts == (FORM_PARTS_HEADROOM * 2 * 2048)
 
 
 def test_defaults_and_their_edges_work_together() -> None:

@@ -113,6 +113,37 @@ def test_ratios_set_ours_against_every_yardstick_measured() -> None:
     }
 
 
+def test_ours_is_set_against_the_ceiling_of_a_bare_request_plus_one_image() -> None:
+    """The limit with our model: 1 / (1 / bare req/s + 1 / model images/s at batch 64)."""
+    load = [_row("bare", 64, 20000, 1.0), _row("ours", 64, 4000, 8.0)]
+    model_only = {
+        "devices": [{"rows": [{"variant": "frozen", "batch_size": 64, "images_per_s": 20000.0}]}]
+    }
+    (row,) = report.ratios(load, [64], model_only)
+    assert row["ceiling_requests_per_s"] == pytest.approx(10000.0)
+    assert row["ours_over_ceiling"] == pytest.approx(0.4)
+    assert "ours_over_ceiling" not in report.ratios(load, [64])[0]  # no model-only run
+
+
+def test_the_limit_validates_the_number_and_limit_bare_does_not() -> None:
+    from fastapi.testclient import TestClient
+
+    from bench import empty_app
+
+    form = {"files": {"image": ("d.png", b"png", "image/png")}}
+    with TestClient(empty_app.app) as limit, TestClient(empty_app.bare_app) as bare:
+        assert limit.post("/predict", data={"number": "12"}, **form).status_code == 422
+        assert bare.post("/predict", data={"number": "12"}, **form).status_code == 200
+        assert limit.post("/predict", data={"number": "9"}, **form).status_code == 200
+        batch = {"files": [("images", ("a.png", b"png", "image/png"))] * 2}
+        assert (
+            limit.post("/predict/batch", data={"numbers": ["1", "10"]}, **batch).status_code == 422
+        )
+        assert (
+            limit.post("/predict/batch", data={"numbers": ["1", "9"]}, **batch).status_code == 200
+        )
+
+
 def test_batch_bar_pairs_each_repeat_with_the_model_only_run_beside_it() -> None:
     """With a yardstick measured after each repeat's batch run, the verdict is the median of
     the per-repeat ratios: a machine that slowed down between the start-of-run model-only
