@@ -40,10 +40,10 @@ test: lint typecheck pytest
 # The image fuzzers at length (make test runs them bounded): prepare_image on generated and
 # corrupted files of every shape, mode and format, then the live service with hostile and good
 # images in the same batches. docs/reliability.md has a run's figures.
-FUZZ_EXAMPLES ?= 3000
+FUZZ_EXAMPLES ?= 1000
 fuzz: $(STAMP)
 	DIGITSUM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider --durations=0 \
-		-o addopts="-ra --strict-markers --strict-config" --timeout 3600 \
+		-o addopts="-ra --strict-markers --strict-config" --timeout 3600 --hypothesis-show-statistics \
 		tests/app/test_degenerate.py tests/reliability/test_fuzz_service.py -k fuzz
 
 train: $(STAMP)
