@@ -116,8 +116,9 @@ PREDICTIONS = Counter(
 ERRORS = Counter("digitsum_errors_total", "Error answers, by code", ["code"], registry=REGISTRY)
 INTERNAL_ERRORS = Counter(
     "digitsum_internal_errors_total",
-    "Our own failures on one input, answered 500 to that input alone, by stage (prepare: decoding"
-    " and reading one image; forward: one image's forward pass; batch: a whole batch's step)",
+    "Our own failures, answered 500, by stage: prepare (decoding and reading one image) and"
+    " forward (one image's forward pass) fail that input alone; batch (the batcher's own step)"
+    " fails its batch; request (anything else) fails its request",
     ["stage"],
     registry=REGISTRY,
 )
