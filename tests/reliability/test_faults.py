@@ -164,6 +164,20 @@ class Load:
                 return
 
 
+def _wait_for_decoding(url: str, timeout_s: float = 20.0) -> None:
+    """Until /metrics shows an image waiting for or in the decoding pool."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{url}/metrics", timeout=5.0).text
+        if any(
+            line.startswith("digitsum_decode_queue ") and float(line.split()[1]) >= 1
+            for line in text.splitlines()
+        ):
+            return
+        time.sleep(0.01)
+    raise AssertionError("the big image never reached the decoding pool")
+
+
 def _slow_upload(port: int, body: bytes, head: bytes, pieces: int, pause_s: float) -> str:
     """Send one request's body in pieces with pauses (in flight across the signal); return the
     status line, or the error."""
@@ -234,7 +248,9 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_refuses_new_ones(
         time.sleep(1.0)  # load running
         slow.start()
         decoding.start()
-        time.sleep(0.3)  # both are in flight
+        # Both in flight: the big image has reached the decoding pool (a fixed pause here lost
+        # the race on a busy machine, and the image arrived after the signal).
+        _wait_for_decoding(server.url)
         load.signalled_at.append(time.monotonic())
         server.process.send_signal(signal.SIGTERM)
 
