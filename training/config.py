@@ -22,6 +22,8 @@ class TrainConfig:
     val_images: int = 5_000
     glyph_digits: int = 40_000
     glyph_negatives: int = 20_000
+    drawing_digits: int = 0
+    drawing_negatives: int = 0
     glyph_batch: int = 32
     negative_batch: int = 24
     page_photos: int = 0
@@ -110,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.glyph_negatives,
         help="synthetic non-digits (letters, symbols, scribbles, blobs) for the not-digit head",
+    )
+    p.add_argument(
+        "--drawing-digits",
+        type=int,
+        default=d.drawing_digits,
+        help="digits drawn with a mouse on the try-it page's pad (training/glyphs.py "
+        "render_drawing), put through the service's pipeline and added to the synthetic digits "
+        "(and a proportional share to the validation glyphs); 0: none, as the shipped model",
+    )
+    p.add_argument(
+        "--drawing-negatives",
+        type=int,
+        default=d.drawing_negatives,
+        help="non-digits drawn with a mouse on the pad (letters, symbols, scribbles), added to "
+        "the synthetic non-digits (and a proportional share to the validation glyphs)",
     )
     p.add_argument(
         "--glyph-batch",

@@ -277,17 +277,32 @@ def load_data(cfg: TrainConfig, device: torch.device) -> Data:
     val_images, digits, negatives = cfg.val_images, cfg.glyph_digits, cfg.glyph_negatives
     val_digits, val_negatives = VAL_GLYPH_DIGITS, VAL_GLYPH_NEGATIVES
     page_photos, val_page_photos = cfg.page_photos, VAL_PAGE_PHOTOS if cfg.page_photos else 0
+    drawings, drawn_negatives = cfg.drawing_digits, cfg.drawing_negatives
     if cfg.smoke:
+        drawings, drawn_negatives = min(drawings, SMOKE_GLYPHS // 2), min(drawn_negatives, 20)
         page_photos, val_page_photos = min(page_photos, SMOKE_PAGE_PHOTOS), 0
         train, test = train.head(SMOKE_TRAIN_IMAGES), test.head(SMOKE_TEST_IMAGES)
         val_images = min(val_images, SMOKE_VAL_IMAGES)
         digits, negatives = min(digits, SMOKE_GLYPHS), min(negatives, SMOKE_GLYPHS // 2)
         val_digits, val_negatives = SMOKE_GLYPHS // 2, SMOKE_GLYPHS // 4
+    # The validation glyphs hold drawings in the share the training pool does.
+    val_drawings = round(drawings * val_digits / max(digits, 1))
+    val_drawn_negatives = round(drawn_negatives * val_negatives / max(negatives, 1))
     train, val = train.split_off(val_images, cfg.seed)
     cache = cfg.state.parent
     try:
-        glyphs = cached_pool(cache, "train", digits, negatives, cfg.seed)
-        val_glyphs = cached_pool(cache, "train", val_digits, val_negatives, cfg.seed + 1)
+        glyphs = cached_pool(
+            cache, "train", digits, negatives, cfg.seed, drawings, drawn_negatives
+        )
+        val_glyphs = cached_pool(
+            cache,
+            "train",
+            val_digits,
+            val_negatives,
+            cfg.seed + 1,
+            val_drawings,
+            val_drawn_negatives,
+        )
         workers = min(available_cpus(), cfg.threads or available_cpus())  # mining processes
         pages = cached_pages(cache, page_photos, cfg.seed, workers)
         val_pages = cached_pages(cache, val_page_photos, cfg.seed + 1, workers)
