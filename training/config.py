@@ -34,6 +34,7 @@ class TrainConfig:
     label_smoothing: float = 0.05
     agreement_weight: float = 2.0
     teacher: Path | None = None
+    final_fit: Path | None = None
     distill_weight: float = 1.0
     distill_temperature: float = 2.0
     settle_steps: int = 600
@@ -188,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
         "from, on the same augmented batches (knowledge distillation); none by default",
     )
     p.add_argument(
+        "--final-fit",
+        type=Path,
+        default=d.final_fit,
+        metavar="TWIN",
+        help="the final fit: train on all of MNIST's training split (the validation slice "
+        "too) for --epochs and export the last epoch's weight average, with the calibration "
+        "temperatures and the no-digit threshold carried over from TWIN, the checkpoint of a run "
+        "with the same recipe and seed that held the slice back and was chosen on it "
+        "(docs/model.md, 'The final fit'); none by default",
+    )
+    p.add_argument(
         "--distill-weight",
         type=float,
         default=d.distill_weight,
@@ -253,6 +265,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         build_parser().error("--epochs and --batch-size must be >= 1 and --lr > 0")
     if args.teacher is not None and not args.teacher.is_file():
         build_parser().error(f"--teacher: no checkpoint at {args.teacher}")
+    if args.final_fit is not None and not args.final_fit.is_file():
+        build_parser().error(f"--final-fit: no checkpoint at {args.final_fit}")
     if args.settle_steps < 0 or args.settle_sharpness <= 0:
         build_parser().error("--settle-steps must be >= 0 and --settle-sharpness > 0")
     values = vars(args)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from PIL import Image
 
 from app.config import DEFAULT_MAX_IMAGE_PIXELS
