@@ -28,6 +28,7 @@ Everything is drawn from one seed, so every run draws the same pictures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import itertools
 import math
@@ -237,14 +238,12 @@ def read_drawings(model_path: Path, per_digit: int = PER_DIGIT) -> list[Read]:
     model = load_model(model_path, torch.device("cpu"))
     numbers = random.Random(7)
     made = drawings(per_digit)
-    pixels: list[np.ndarray | None] = []
-    for drawing in made:
-        try:
-            pixels.append(prepare_image(pad_png(drawing), DEFAULT_MAX_IMAGE_PIXELS).pixels)
-        except NoDigit:
-            pixels.append(None)
+    pixels: dict[int, np.ndarray] = {}  # a drawing the pipeline refuses has none
+    for i, drawing in enumerate(made):
+        with contextlib.suppress(NoDigit):
+            pixels[i] = prepare_image(pad_png(drawing), DEFAULT_MAX_IMAGE_PIXELS).pixels
     chosen = [numbers.randrange(10) for _ in made]
-    kept = [i for i, p in enumerate(pixels) if p is not None]
+    kept = sorted(pixels)
     answers: dict[int, tuple[int | None, int | None]] = {}
     for start in range(0, len(kept), 64):
         batch = kept[start : start + 64]
