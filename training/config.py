@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "too) for --epochs and export the last epoch's weight average, with the calibration "
         "temperatures and the no-digit threshold carried over from TWIN, the checkpoint of a run "
         "with the same recipe and seed that held the slice back and was chosen on it "
-        "(docs/model.md, 'The final fit'); none by default",
+        "(docs/model.md, issue 26, 'The final fit'); none by default",
     )
     p.add_argument(
         "--distill-weight",
