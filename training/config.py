@@ -22,6 +22,8 @@ class TrainConfig:
     val_images: int = 5_000
     glyph_digits: int = 40_000
     glyph_negatives: int = 20_000
+    drawing_digits: int = 0
+    drawing_negatives: int = 0
     glyph_batch: int = 32
     negative_batch: int = 24
     page_photos: int = 0
@@ -32,6 +34,7 @@ class TrainConfig:
     label_smoothing: float = 0.05
     agreement_weight: float = 2.0
     teacher: Path | None = None
+    final_fit: Path | None = None
     distill_weight: float = 1.0
     distill_temperature: float = 2.0
     settle_steps: int = 600
@@ -112,6 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthetic non-digits (letters, symbols, scribbles, blobs) for the not-digit head",
     )
     p.add_argument(
+        "--drawing-digits",
+        type=int,
+        default=d.drawing_digits,
+        help="digits drawn with a mouse on the try-it page's pad (training/glyphs.py "
+        "render_drawing), put through the service's pipeline and added to the synthetic digits "
+        "(and a proportional share to the validation glyphs); 0: none, as the shipped model",
+    )
+    p.add_argument(
+        "--drawing-negatives",
+        type=int,
+        default=d.drawing_negatives,
+        help="non-digits drawn with a mouse on the pad (letters, symbols, scribbles), added to "
+        "the synthetic non-digits (and a proportional share to the validation glyphs)",
+    )
+    p.add_argument(
         "--glyph-batch",
         type=int,
         default=d.glyph_batch,
@@ -169,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.teacher,
         help="a TorchScript checkpoint whose digit and not-digit answers the model also learns "
         "from, on the same augmented batches (knowledge distillation); none by default",
+    )
+    p.add_argument(
+        "--final-fit",
+        type=Path,
+        default=d.final_fit,
+        metavar="TWIN",
+        help="the final fit: train on all of MNIST's training split (the validation slice "
+        "too) for --epochs and export the last epoch's weight average, with the calibration "
+        "temperatures and the no-digit threshold carried over from TWIN, the checkpoint of a run "
+        "with the same recipe and seed that held the slice back and was chosen on it "
+        "(docs/model.md, issue 26, 'The final fit'); none by default",
     )
     p.add_argument(
         "--distill-weight",
@@ -236,6 +265,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         build_parser().error("--epochs and --batch-size must be >= 1 and --lr > 0")
     if args.teacher is not None and not args.teacher.is_file():
         build_parser().error(f"--teacher: no checkpoint at {args.teacher}")
+    if args.final_fit is not None and not args.final_fit.is_file():
+        build_parser().error(f"--final-fit: no checkpoint at {args.final_fit}")
     if args.settle_steps < 0 or args.settle_sharpness <= 0:
         build_parser().error("--settle-steps must be >= 0 and --settle-sharpness > 0")
     values = vars(args)

@@ -791,3 +791,140 @@ def render_negative(kind: str, split: str, rng: np.random.Generator, size: int =
         char = (_PEN_LETTERS if kind == "letter" else _PEN_SYMBOLS)[0]
         return _render_pen(pens[0].name.removeprefix("pen:"), _skeletons()[1][char], rng, size)
     return _render_font(path, chars[int(rng.integers(len(chars)))], rng, size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawings: digits drawn with a mouse on the try-it page's pad (app/static/app.js)
+
+PAD_SIDE = 280  # the pad's canvas, in pixels (app/static/index.html)
+PAD_BRUSH = 1 / 11  # the page's brush width, of the pad's side (app.js STROKE_FRACTION)
+# Brush widths drawn, of the pad's side: thin to thick around the page's own.
+DRAWING_BRUSH = (1 / 24, 1 / 7)
+# How much of the pad's height a drawn digit takes: drawn small to drawn as large as it goes.
+DRAWING_HEIGHT = (0.25, 0.92)
+MAX_BRUSH_TO_HEIGHT = 0.3
+# Mouse travel between two pointer events, of the pad's side (a slow hand to a fast one).
+DRAWING_STEP = (0.008, 0.07)
+
+# A hand drawing with a mouse: its shape ranges (the stroke width, tremor and placement are the
+# drawing's own, below). Not one of _WRITERS, so sources() and the field set stay as they were.
+_MOUSE_HAND = _Writer((-0.15, 0.35), (0.45, 0.9), (0.0, 0.0), (0.0, 0.0), (0.0, 0.05), (-10, 10))
+
+
+def _flagged_one(rng: np.random.Generator) -> _Strokes:
+    """A 1 whose flag (or lead-in up-stroke) has a random length and angle, sometimes curved
+    into the stem, with or without a base."""
+    r = rng.random(6)
+    length = 0.08 + 0.6 * r[0]  # of the height: a tick to a long lead-in
+    angle = math.radians(18 + 55 * r[1])  # below the horizontal, at the top of the stem
+    top = (0.55, 0.0)
+    start = (top[0] - length * math.cos(angle), length * math.sin(angle))
+    if r[2] < 0.3:  # the lead-in curves into the top instead of running straight
+        bend = (0.5 * (start[0] + top[0]) - 0.08, 0.5 * start[1] - 0.08)
+        flag = _bezier(start, bend, top, n=8)
+    else:
+        flag = np.array([start, top])
+    strokes = [_path(flag, [(0.55 + 0.06 * (r[3] - 0.5), 1.0)])]
+    if r[4] < 0.35:
+        half = 0.15 + 0.2 * r[5]
+        strokes.append(_path([(0.55 - half, 1.0), (0.55 + half, 1.0)]))
+    return _Strokes.of(tuple(strokes))
+
+
+def _mouse_events(stroke: np.ndarray, rng: np.random.Generator, step: float) -> np.ndarray:
+    """The pointer positions a browser reports along one pen-down stroke (pixels in, pixels out).
+
+    Events come at a steady rate, so their spacing is the hand's speed: slow where the stroke
+    starts, faster on, with a few random changes of pace. The canvas joins them with straight
+    segments, so a fast hand cuts the corners and flattens the curves between two events."""
+    seg = np.hypot(*np.diff(stroke, axis=0).T)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    total = float(arc[-1])
+    if total < 1e-6:
+        return stroke[:1]
+    knots = rng.uniform(0.35, 1.65, 5)  # pace changes along the stroke
+    ramp = rng.uniform(0.05, 0.25) * total  # the hand speeds up over this much of the stroke
+    at, s = [0.0], 0.0
+    while True:
+        pace = float(np.interp(s / total, np.linspace(0, 1, len(knots)), knots))
+        s += max(0.5, step * pace * min(1.0, 0.25 + s / ramp))
+        if s >= total:
+            break
+        at.append(s)
+    at.append(total)
+    t = np.asarray(at)
+    return np.stack([np.interp(t, arc, stroke[:, 0]), np.interp(t, arc, stroke[:, 1])], axis=1)
+
+
+def _draw_on_pad(strokes: list[np.ndarray], brush: float, side: int) -> np.ndarray:
+    """Strokes painted as the page's canvas paints them: straight segments between pointer
+    events, round caps and joins, `brush` px wide; antialiased by supersampling. (side, side)."""
+    s = 2
+    img = Image.new("L", (side * s, side * s), 0)
+    draw = ImageDraw.Draw(img)
+    w = max(1, round(brush * s))
+    r = w / 2
+    for stroke in strokes:
+        pts = stroke * s
+        if len(pts) >= 2:
+            draw.line(pts.ravel().tolist(), fill=255, width=w)
+        for x, y in pts.tolist():
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
+    img = img.reduce(s)
+    return np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
+
+
+def _render_drawing(skeleton: _Strokes, rng: np.random.Generator, side: int) -> np.ndarray:
+    r = rng.random(4)
+    height = DRAWING_HEIGHT[0] + (DRAWING_HEIGHT[1] - DRAWING_HEIGHT[0]) * r[0]
+    # Brush widths spread evenly on a log scale between thin and thick.
+    lo, hi = math.log(DRAWING_BRUSH[0]), math.log(DRAWING_BRUSH[1])
+    # A stroke at most 30 % of the digit's height: thicker than that, a person draws larger.
+    brush = min(math.exp(lo + (hi - lo) * r[1]), MAX_BRUSH_TO_HEIGHT * height) * side
+    step = (DRAWING_STEP[0] + (DRAWING_STEP[1] - DRAWING_STEP[0]) * r[2] ** 1.5) * side
+    jitter = (0.0005 + 0.0045 * r[3]) * side  # the hand's wobble, per event
+    # _pen_strokes places the glyph anywhere on the pad (off-centre included), a width's margin
+    # from its edges; the pen's own width there is the writer's (0), the brush is ours.
+    strokes, _ = _pen_strokes(skeleton, _MOUSE_HAND, rng, side, height)
+    events = []
+    for stroke in strokes:
+        points = _mouse_events(stroke, rng, step)
+        points = points + rng.normal(0.0, jitter, points.shape)
+        events.append(np.clip(points, 0, side - 1))
+    return _draw_on_pad(events, brush, side)
+
+
+def render_drawing(digit: int, rng: np.random.Generator, side: int = PAD_SIDE) -> np.ndarray:
+    """One digit drawn with a mouse on the try-it page's pad: float32 (side, side) ink coverage.
+
+    The skeleton is one of the pen allographs (a 1's flag of any length and angle, with or
+    without a base; a 7 plain, barred or curved; a 4 open or closed; ...), shaped by a hand
+    (slant, proportions, a smooth wave, rotation), placed anywhere on the pad at 25-92 % of its
+    height, sampled as a mouse reports it (changes of pace, jitter) and painted with a round
+    brush 1/24 to 1/7 of the pad wide (the page's is 1/11). Deterministic given the generator.
+    """
+    if not 0 <= digit <= 9:
+        raise ValueError(f"digit must be 0..9, not {digit}")
+    if digit == 1 and rng.random() < 0.6:
+        skeleton = _flagged_one(rng)
+    else:
+        options = tuple(_skeletons()[0][digit].values())
+        skeleton = options[int(rng.integers(len(options)))]
+    return _render_drawing(skeleton, rng, side)
+
+
+def render_drawn_negative(rng: np.random.Generator, side: int = PAD_SIDE) -> np.ndarray:
+    """Something that is not a digit, drawn with a mouse on the pad (a pen letter or symbol, or
+    a scribble), in render_drawing's format."""
+    letters = _skeletons()[1]
+    if rng.random() < 0.25:
+        pts = rng.uniform(0.0, 1.0, size=(int(rng.integers(4, 9)), 2))
+        curve = np.concatenate(
+            [_bezier(tuple(a), tuple((a + b) / 2 + rng.normal(0, 0.2, 2)), tuple(b), n=10)
+             for a, b in itertools.pairwise(pts)]
+        )  # fmt: skip
+        skeleton = _Strokes.of((_densify(curve),))
+    else:
+        chars = sorted(letters)
+        skeleton = letters[chars[int(rng.integers(len(chars)))]]
+    return _render_drawing(skeleton, rng, side)

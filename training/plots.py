@@ -24,7 +24,8 @@ def save_learning_curves(history: list[dict[str, float]], path: Path) -> None:
         ("val_glyph_digit_accuracy", "synthetic digits"),
         ("val_glyph_negatives_refused", "non-digits refused"),
     ]:
-        ax_acc.plot(epochs, [100 * h[key] for h in history], marker="o", label=label)
+        if all(key in h for h in history):  # a final fit has no MNIST validation slice
+            ax_acc.plot(epochs, [100 * h[key] for h in history], marker="o", label=label)
     ax_acc.set(
         xlabel="epoch", ylabel="% on the validation slice", title="Validation", ylim=(90, 100)
     )

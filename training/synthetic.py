@@ -10,6 +10,7 @@ through app.imaging's own MNIST framing, so the network sees them as it will see
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from app.imaging import NOISE_FLOOR, frame_like_mnist
+from app.config import DEFAULT_MAX_IMAGE_PIXELS
+from app.errors import NoDigit
+from app.imaging import NOISE_FLOOR, frame_like_mnist, prepare_image
 from training import glyphs
 from training.atomic import atomic_write
 
@@ -81,9 +85,61 @@ def _blob(rng: np.random.Generator, size: int) -> np.ndarray:
     return out
 
 
-def render_pool(split: str, digits: int, negatives: int, seed: int) -> GlyphPool:
+def through_the_page(coverage: np.ndarray) -> np.ndarray | None:
+    """A drawing on the try-it page's pad, (side, side) ink coverage in [0, 1], as the model
+    sees it: the pad's PNG (white ink on black, as the page sends it) through the service's own
+    app.imaging.prepare_image. None when the service finds no digit to read in it."""
+    buffer = io.BytesIO()
+    grey = (np.clip(coverage, 0.0, 1.0) * 255).round().astype(np.uint8)
+    Image.fromarray(grey, mode="L").save(buffer, format="PNG")
+    try:
+        return prepare_image(buffer.getvalue(), DEFAULT_MAX_IMAGE_PIXELS).pixels
+    except NoDigit:
+        return None
+
+
+def render_drawings(digits: int, negatives: int, seed: int) -> GlyphPool:
+    """`digits` digits (0..9 in turn) and `negatives` non-digits drawn with a mouse on the
+    page's pad (training/glyphs.py render_drawing), each put through the service's pipeline as
+    the page would send it; deterministic for `seed`. A drawing the pipeline refuses is drawn
+    again (it would never reach the model)."""
+    rng = np.random.default_rng(seed)
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    for i in range(digits + negatives):
+        digit = i % 10 if i < digits else NOT_A_DIGIT
+        for _ in range(5):
+            ink = (
+                glyphs.render_drawing(digit, rng)
+                if digit != NOT_A_DIGIT
+                else glyphs.render_drawn_negative(rng)
+            )
+            pixels = through_the_page(ink)
+            if pixels is not None:
+                images.append(pixels)
+                labels.append(digit)
+                break
+    stack = torch.from_numpy(np.stack(images)).unsqueeze(1) if images else torch.zeros(0, 1, 28, 28)
+    return GlyphPool(stack.float(), torch.tensor(labels, dtype=torch.long))
+
+
+def render_pool(
+    split: str, digits: int, negatives: int, seed: int, drawings: int = 0, drawn_negatives: int = 0
+) -> GlyphPool:
     """`digits` digit glyphs (sources and digits in turn) and `negatives` non-digits (letters,
-    symbols, scribbles from glyphs; blobs from here), all framed; deterministic for `seed`."""
+    symbols, scribbles from glyphs; blobs from here), all framed; deterministic for `seed`.
+    With `drawings` / `drawn_negatives` (train split only), that many mouse drawings of digits
+    and non-digits too (render_drawings, from another seed), after the glyphs."""
+    pool = _render_glyphs(split, digits, negatives, seed)
+    if not drawings and not drawn_negatives:
+        return pool
+    if split != "train":
+        raise ValueError("mouse drawings are made for the train split only")
+    drawn = render_drawings(drawings, drawn_negatives, seed + 500_000)
+    return GlyphPool(torch.cat((pool.images, drawn.images)), torch.cat((pool.labels, drawn.labels)))
+
+
+def _render_glyphs(split: str, digits: int, negatives: int, seed: int) -> GlyphPool:
     rng = np.random.default_rng(seed)
     sources = glyphs.sources(split)
     # Half from our pen writers, half from fonts: there are many more fonts than writers, and
@@ -108,14 +164,25 @@ def render_pool(split: str, digits: int, negatives: int, seed: int) -> GlyphPool
     return GlyphPool(stack.float(), torch.tensor(labels, dtype=torch.long))
 
 
-def cached_pool(cache_dir: Path, split: str, digits: int, negatives: int, seed: int) -> GlyphPool:
+def cached_pool(
+    cache_dir: Path,
+    split: str,
+    digits: int,
+    negatives: int,
+    seed: int,
+    drawings: int = 0,
+    drawn_negatives: int = 0,
+) -> GlyphPool:
     """render_pool, kept in `cache_dir` keyed by its arguments and the glyph code's own bytes,
     so a resumed or repeated training does not render the same glyphs again."""
+    args: list[object] = [split, digits, negatives, seed]
+    if drawings or drawn_negatives:  # the key of a pool without drawings stays as it was
+        args += [drawings, drawn_negatives]
     return cached(
         cache_dir / "glyphs",
-        [split, digits, negatives, seed],
+        args,
         [Path(glyphs.__file__), Path(__file__)],
-        lambda: render_pool(split, digits, negatives, seed),
+        lambda: render_pool(split, digits, negatives, seed, drawings, drawn_negatives),
     )
 
 

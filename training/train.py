@@ -40,7 +40,13 @@ from training.data import (
     load_split,
     roughen,
 )
-from training.evaluate import Metrics, blended_inconsistency, evaluate_pairs, score_validation
+from training.evaluate import (
+    Metrics,
+    blended_inconsistency,
+    evaluate_pairs,
+    score_glyphs,
+    score_validation,
+)
 from training.model import NUM_SUMS, DigitSumNet
 from training.pages import cached_pages
 from training.synthetic import GlyphPool, cached_pool
@@ -274,20 +280,35 @@ class Data:
 def load_data(cfg: TrainConfig, device: torch.device) -> Data:
     folder = ensure_mnist(cfg.data_dir, download=cfg.download, verify=cfg.verify_checksums)
     train, test = load_split(folder, "train"), load_split(folder, "t10k")
-    val_images, digits, negatives = cfg.val_images, cfg.glyph_digits, cfg.glyph_negatives
+    # A final fit trains on the validation slice too: it has none.
+    val_images = 0 if cfg.final_fit is not None else cfg.val_images
+    digits, negatives = cfg.glyph_digits, cfg.glyph_negatives
     val_digits, val_negatives = VAL_GLYPH_DIGITS, VAL_GLYPH_NEGATIVES
     page_photos, val_page_photos = cfg.page_photos, VAL_PAGE_PHOTOS if cfg.page_photos else 0
+    drawings, drawn_negatives = cfg.drawing_digits, cfg.drawing_negatives
     if cfg.smoke:
+        drawings, drawn_negatives = min(drawings, SMOKE_GLYPHS // 2), min(drawn_negatives, 20)
         page_photos, val_page_photos = min(page_photos, SMOKE_PAGE_PHOTOS), 0
         train, test = train.head(SMOKE_TRAIN_IMAGES), test.head(SMOKE_TEST_IMAGES)
         val_images = min(val_images, SMOKE_VAL_IMAGES)
         digits, negatives = min(digits, SMOKE_GLYPHS), min(negatives, SMOKE_GLYPHS // 2)
         val_digits, val_negatives = SMOKE_GLYPHS // 2, SMOKE_GLYPHS // 4
+    # The validation glyphs hold drawings in the share the training pool does.
+    val_drawings = round(drawings * val_digits / max(digits, 1))
+    val_drawn_negatives = round(drawn_negatives * val_negatives / max(negatives, 1))
     train, val = train.split_off(val_images, cfg.seed)
     cache = cfg.state.parent
     try:
-        glyphs = cached_pool(cache, "train", digits, negatives, cfg.seed)
-        val_glyphs = cached_pool(cache, "train", val_digits, val_negatives, cfg.seed + 1)
+        glyphs = cached_pool(cache, "train", digits, negatives, cfg.seed, drawings, drawn_negatives)
+        val_glyphs = cached_pool(
+            cache,
+            "train",
+            val_digits,
+            val_negatives,
+            cfg.seed + 1,
+            val_drawings,
+            val_drawn_negatives,
+        )
         workers = min(available_cpus(), cfg.threads or available_cpus())  # mining processes
         pages = cached_pages(cache, page_photos, cfg.seed, workers)
         val_pages = cached_pages(cache, val_page_photos, cfg.seed + 1, workers)
@@ -397,16 +418,82 @@ def main(argv: list[str] | None = None) -> int:
             ema_decay=min(cfg.ema_decay, 0.9),
         )
     try:
+        twin = load_twin(cfg) if cfg.final_fit is not None else None
         rt = setup_runtime(cfg)
         data = load_data(cfg, rt.device)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        return run(cfg, rt, data, argv)
+        return run(cfg, rt, data, argv, twin)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+# What a final fit may change from its twin's training config; everything else is the recipe
+# (data, schedule, model, teacher, seed), which must be the twin's, so that the twin's
+# calibration and threshold, and its validation figures, speak for the final fit.
+FINAL_FIT_MAY_DIFFER = frozenset(
+    (
+        "data_dir",
+        "out",
+        "state",
+        "resume",
+        "threads",
+        "device",
+        "download",
+        "verify_checksums",
+        "final_fit",
+        "val_images",
+    )
+)
+
+
+@dataclass(frozen=True)
+class Twin:
+    """The validation-selected run a final fit repeats on all of MNIST's training split: what
+    is carried over from it, and where from."""
+
+    path: Path
+    sha256: str
+    selected_epoch: int
+    digit_temperature: float
+    sum_temperature: float
+    threshold: float
+
+
+def load_twin(cfg: TrainConfig) -> Twin:
+    """The --final-fit checkpoint's card, checked against this run's recipe; raises DataError
+    naming what differs."""
+    assert cfg.final_fit is not None
+    try:
+        _, card = export.load_checkpoint(cfg.final_fit)
+        theirs = card["training"]["config"]
+        twin = Twin(
+            cfg.final_fit,
+            export.sha256_of(cfg.final_fit),
+            int(card["selection"]["epoch"]),
+            float(card["calibration"]["digit_temperature"]),
+            float(card["calibration"]["sum_temperature"]),
+            float(card["no_digit"]["threshold"]),
+        )
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"--final-fit {cfg.final_fit}: not a trainer's checkpoint: {exc}") from exc
+    if theirs.get("final_fit") is not None:
+        raise DataError(f"--final-fit {cfg.final_fit} is itself a final fit: name its twin")
+    ours = json.loads(json.dumps(cfg.to_dict()))  # tuples as the card's lists
+    differ = [
+        key
+        for key in sorted(set(ours) | set(theirs))
+        if key not in FINAL_FIT_MAY_DIFFER and ours.get(key) != theirs.get(key)
+    ]
+    if differ:
+        raise DataError(
+            f"--final-fit {cfg.final_fit} was trained with another recipe: "
+            + ", ".join(f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+        )
+    return twin
 
 
 SETTLE_BATCH = 8192  # (belief, number) pairs per step of the table's refit
@@ -481,7 +568,47 @@ def calibrate_on_validation(model: DigitSumNet, data: Data, device: torch.device
     return calibrate.not_digit_threshold(torch.cat(refusal["mnist"]), torch.cat(refusal["glyphs"]))
 
 
-def run(cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str]) -> int:
+def carry_calibration(model: DigitSumNet, twin: Twin) -> float:
+    """The final fit's calibration, by rule rather than by fitting: the twin's two temperatures
+    (set in `model`) and its no-digit threshold (returned). The twin is the same recipe and seed
+    trained on the split less the validation slice, calibrated on that slice; the final fit has
+    no unseen MNIST images left to fit on. The MNIST test set reports how well this carries."""
+    model.digit_temperature.fill_(twin.digit_temperature)
+    model.sum_temperature.fill_(twin.sum_temperature)
+    return twin.threshold
+
+
+@torch.inference_mode()
+def final_fit_selection(
+    model: DigitSumNet, data: Data, twin: Twin, threshold: float, epoch: int
+) -> dict[str, Any]:
+    """The card's account of a final fit: the rule, the twin, and what the carried threshold
+    refuses of the synthetic validation digits, which the final fit did not see (a check, not
+    a choice)."""
+    digits = data.val_glyphs.digits
+    refused = 0
+    for start in range(0, len(digits), 1000):
+        features = model.embed(digits.images[start : start + 1000].cpu())
+        refused += int((model.not_digit(features).sigmoid() >= threshold).sum())
+    return {
+        "rule": "final fit: all of MNIST's training split, the recipe and --epochs of the twin "
+        "(chosen on its validation slice), the last epoch's weight average exported; "
+        "temperatures and no-digit threshold carried over from the twin",
+        "epoch": epoch,
+        "twin": {
+            "path": str(twin.path),
+            "sha256": twin.sha256,
+            "selected_epoch": twin.selected_epoch,
+        },
+        "synthetic_validation_digits_refused_at_carried_threshold": round(
+            refused / max(len(digits), 1), 6
+        ),
+    }
+
+
+def run(
+    cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str], twin: Twin | None = None
+) -> int:
     train = data.train
     torch.manual_seed(cfg.seed)
     model = DigitSumNet(cfg.model).to(rt.device)
@@ -546,7 +673,26 @@ def run(cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str]) -> int:
         synchronize(rt.device)
         seconds = time.perf_counter() - start
         train_seconds += seconds
-        if rt.is_main:
+        if rt.is_main and twin is not None:
+            # A final fit has no MNIST slice left to choose on: the last epoch is exported.
+            ema.eval()
+            glyph_scores = score_glyphs(cast(DigitSumNet, ema.module), data.val_glyphs, rt.device)
+            history.append(
+                {"epoch": epoch, "train_loss": round(loss, 5), "seconds": round(seconds, 2)}
+                | glyph_scores
+            )
+            best = {
+                "score": 0.0,
+                "epoch": epoch,
+                "ema": {k: v.detach().cpu().clone() for k, v in ema.module.state_dict().items()},
+            }
+            print(
+                f"epoch {epoch:3d}/{cfg.epochs}  loss {loss:.4f}  (final fit) val glyphs "
+                f"{glyph_scores['val_glyph_digit_accuracy']:.2%}  non-digits refused "
+                f"{glyph_scores['val_glyph_negatives_refused']:.2%}  {seconds:.1f}s",
+                flush=True,
+            )
+        elif rt.is_main:
             ema.eval()
             scores = score_validation(
                 cast(DigitSumNet, ema.module), data.val, data.val_glyphs, rt.device, data.val_pages
@@ -576,6 +722,7 @@ def run(cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str]) -> int:
                 + f"{seconds:.1f}s",
                 flush=True,
             )
+        if rt.is_main:
             save_state(
                 cfg.state,
                 {
@@ -600,20 +747,40 @@ def run(cfg: TrainConfig, rt: Runtime, data: Data, argv: list[str]) -> int:
     final.eval()
     if cfg.settle_steps:
         final = settle_addition_table(final, data, cfg)
-    threshold = calibrate_on_validation(final, data, torch.device("cpu"))
+    if twin is None:
+        threshold = calibrate_on_validation(final, data, torch.device("cpu"))
+        selection: dict[str, Any] = {
+            "rule": "the epoch whose weight average scored best on the validation slice "
+            "(training/evaluate.py ValidationScores.score)",
+            "epoch": best["epoch"],
+        }
+        blend_split, blend_on = data.val, "MNIST validation slice"
+    else:
+        threshold = carry_calibration(final, twin)
+        selection = final_fit_selection(final, data, twin, threshold, best["epoch"])
+        # The MNIST slice was trained on; the synthetic validation digits were not.
+        blend_split = Split(
+            data.val_glyphs.digits.images.cpu(), data.val_glyphs.digits.labels.cpu()
+        )
+        blend_on = "synthetic validation digits (a final fit trains on the MNIST slice)"
     metrics = evaluate_pairs(final, data.test, torch.device("cpu"), not_digit_threshold=threshold)
-    selection = {
-        "rule": "the epoch whose weight average scored best on the validation slice "
-        "(training/evaluate.py ValidationScores.score)",
-        "epoch": best["epoch"],
-    }
     card = build_card(cfg, final, metrics, history, data, train_seconds, rt, argv, selection)
-    inconsistent, pairs = blended_inconsistency(final, data.val)
+    if twin is not None:
+        card["calibration"]["method"] = (
+            f"carried over from the final fit's twin {twin.path} (sha256 {twin.sha256[:12]}), "
+            "whose temperatures were fitted on its validation slice"
+        )
+        card["no_digit"]["chosen_on"] = (
+            f"carried over from the twin {twin.path}, where it was chosen on validation: "
+            + card["no_digit"]["chosen_on"]
+        )
+    inconsistent, pairs = blended_inconsistency(final, blend_split)
     card["settle"] = {
         "steps": cfg.settle_steps,
         "belief_sharpness": final.belief_sharpness,
         "validation_blends_inconsistent_pairs": inconsistent,
         "validation_blend_pairs": pairs,
+        "validation_blends_of": blend_on,
     }
     print(f"sum != digit + number on {inconsistent:,} of {pairs:,} blended validation pairs")
     scripted = export.script_model(final)

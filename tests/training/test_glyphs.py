@@ -84,3 +84,33 @@ def test_missing_heldout_fonts_name_the_apt_packages(monkeypatch: pytest.MonkeyP
             glyphs.sources("heldout")
     finally:
         glyphs._font_files.cache_clear()
+
+
+def test_mouse_drawings_render_every_digit_on_the_pad_deterministically() -> None:
+    from training.synthetic import through_the_page
+
+    for digit in range(10):
+        pad = glyphs.render_drawing(digit, np.random.default_rng(digit))
+        assert pad.shape == (glyphs.PAD_SIDE, glyphs.PAD_SIDE)
+        assert pad.dtype == np.float32
+        assert pad.min() >= 0.0
+        assert pad.max() <= 1.0
+        assert (pad > 0.5).sum() > 100, digit  # strokes a brush wide, not a speck
+        again = glyphs.render_drawing(digit, np.random.default_rng(digit))
+        np.testing.assert_array_equal(pad, again)
+        pixels = through_the_page(pad)  # the pad's PNG through the service's pipeline
+        assert pixels is not None, digit
+        assert pixels.shape == (28, 28)
+    negative = glyphs.render_drawn_negative(np.random.default_rng(0))
+    assert negative.shape == (glyphs.PAD_SIDE, glyphs.PAD_SIDE)
+    assert negative.max() > 0.5
+
+
+def test_drawn_ones_have_flags_of_many_lengths_and_angles() -> None:
+    rng = np.random.default_rng(0)
+    flags = [glyphs._flagged_one(rng) for _ in range(200)]
+    starts = np.array([f.points[0] for f in flags])  # where the flag (or lead-in) begins
+    lengths = np.hypot(starts[:, 0] - 0.55, starts[:, 1])
+    assert lengths.min() < 0.15
+    assert lengths.max() > 0.55
+    assert 0.2 < np.mean([len(f.starts) == 2 for f in flags]) < 0.5  # some with a base

@@ -295,3 +295,69 @@ def test_two_process_gloo_training(sliced_mnist: Path, tmp_path: Path) -> None:
     assert "training on cpu x2" in result.stdout
     card = json.loads((tmp_path / "digitsum.json").read_text())
     assert card["training"]["processes"] == 2
+
+
+def test_mouse_drawings_join_the_synthetic_pools_only_when_asked(
+    sliced_mnist: Path, tmp_path: Path
+) -> None:
+    assert main(_smoke_args(sliced_mnist, tmp_path / "off", "--epochs", "1")) == 0
+    off = json.loads((tmp_path / "off" / "digitsum.json").read_text())["dataset"]["synthetic"]
+    args = ("--epochs", "1", "--drawing-digits", "40", "--drawing-negatives", "10")
+    assert main(_smoke_args(sliced_mnist, tmp_path / "on", *args)) == 0
+    on = json.loads((tmp_path / "on" / "digitsum.json").read_text())["dataset"]["synthetic"]
+    # A drawing the pipeline refuses is drawn again, so every one asked for is there.
+    assert on["digits"] == off["digits"] + 40
+    assert on["negatives"] == off["negatives"] + 10
+    assert on["validation_digits"] > off["validation_digits"]  # the same share as training's
+
+
+def _twin_and_final(
+    data: Path, tmp_path: Path, *final_extra: str
+) -> tuple[int, dict[str, Any], Path]:
+    twin_dir, final_dir = tmp_path / "twin", tmp_path / "final"
+    recipe = ("--epochs", "2", "--channels", "8,8,16")
+    assert main(_smoke_args(data, twin_dir, *recipe)) == 0
+    twin = twin_dir / "digitsum.pt"
+    code = main(_smoke_args(data, final_dir, *recipe, "--final-fit", str(twin), *final_extra))
+    return code, json.loads((twin_dir / "digitsum.json").read_text()), final_dir
+
+
+def test_final_fit_trains_on_the_validation_slice_too_and_carries_the_twins_calibration(
+    sliced_mnist: Path, tmp_path: Path
+) -> None:
+    code, twin, final_dir = _twin_and_final(sliced_mnist, tmp_path)
+    assert code == 0
+    card = json.loads((final_dir / "digitsum.json").read_text())
+    # All of the training split: the twin's training images and its validation slice.
+    assert card["dataset"]["validation_images"] == 0
+    assert card["dataset"]["train_images"] == (
+        twin["dataset"]["train_images"] + twin["dataset"]["validation_images"]
+    )
+    # The last epoch, not one chosen on data the final fit has seen.
+    state = torch.load(final_dir / "state.pt", weights_only=False)
+    assert card["selection"]["epoch"] == state["best"]["epoch"] == 2
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    assert "val_digit_accuracy" not in state["history"][-1]
+    # Temperatures and threshold are the twin's, by rule; the twin is named by its hash.
+    assert card["calibration"]["digit_temperature"] == twin["calibration"]["digit_temperature"]
+    assert card["calibration"]["sum_temperature"] == twin["calibration"]["sum_temperature"]
+    assert card["no_digit"]["threshold"] == twin["no_digit"]["threshold"]
+    assert card["selection"]["twin"]["sha256"] == twin["file"]["sha256"]
+    scripted = torch.jit.load(str(final_dir / "digitsum.pt"))
+    assert float(scripted.digit_temperature) == pytest.approx(
+        twin["calibration"]["digit_temperature"]
+    )
+    # The exported weights are the last epoch's average (its table settled afterwards).
+    exported = scripted.state_dict()
+    for name, tensor in state["best"]["ema"].items():
+        if name not in ("addition_table", "digit_temperature", "sum_temperature"):
+            torch.testing.assert_close(exported[name], tensor)
+
+
+def test_final_fit_refuses_a_twin_trained_with_another_recipe(
+    sliced_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, final_dir = _twin_and_final(sliced_mnist, tmp_path, "--lr", "0.001")
+    assert code == 2
+    assert "--final-fit" in capsys.readouterr().err
+    assert not (final_dir / "digitsum.pt").exists()
