@@ -111,6 +111,7 @@ class RequestContextMiddleware:
             await send(message)
 
         received, body_done, body_started = 0, False, 0.0
+        admitted = False  # taken on by admission, which then counts its bytes until release
         counted = 0  # bytes of this request counted by admission
 
         async def receive_limited() -> Message:
@@ -129,7 +130,7 @@ class RequestContextMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise PayloadTooLarge(self._too_large_message())
-                if received > counted:  # more than the headers declared (a chunked body)
+                if admitted and received > counted:  # more than declared (a chunked body)
                     extra, counted = received - counted, received
                     self.admission.add_bytes(extra)
                 body_done = not message.get("more_body", False)
@@ -144,7 +145,6 @@ class RequestContextMiddleware:
                     )
             return message
 
-        admitted = False
         try:
             length = int(declared) if declared is not None and declared.isdigit() else 0
             if length > self.max_body_bytes:

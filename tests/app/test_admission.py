@@ -58,3 +58,41 @@ def test_photos_over_the_decoding_queue_are_503_and_the_rest_answered(
             "/predict", files={"image": ("p.jpg", photo, "image/jpeg")}, data={"number": "1"}
         )
         assert again.status_code == 200, again.text
+
+
+def test_a_body_outside_admission_is_not_counted_against_it() -> None:
+    """Only requests admitted (POST, PUT, PATCH) count their body's bytes: a DELETE whose body
+    an app reads must not leave bytes counted that nothing releases."""
+    import asyncio
+
+    from starlette.types import Message, Receive, Scope, Send
+
+    from app.admission import Admission
+    from app.middleware import RequestContextMiddleware
+
+    async def reads_body(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    admission = Admission(max_requests=4, max_bytes=10_000, max_decoding=4)
+    middleware = RequestContextMiddleware(
+        reads_body, max_body_bytes=10_000, body_timeout_s=5, admission=admission
+    )
+    chunks: list[Message] = []
+
+    async def receive() -> Message:
+        return chunks.pop(0)
+
+    async def send(message: Message) -> None:
+        pass
+
+    for method in ("DELETE", "POST"):
+        chunks[:] = [
+            {"type": "http.request", "body": b"x" * 100, "more_body": True},
+            {"type": "http.request", "body": b"x" * 100, "more_body": False},
+        ]
+        scope = {"type": "http", "method": method, "path": "/x", "headers": []}
+        asyncio.run(middleware(scope, receive, send))
+        assert (admission.bytes, admission.requests) == (0, 0), method
