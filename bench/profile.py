@@ -79,7 +79,9 @@ def attribute(raw: str) -> dict[str, Counter[str]]:
     return per
 
 
-def run(connections: int, duration_s: int, model: Path, rate: int) -> dict[str, object]:
+def run(
+    connections: int, duration_s: int, model: Path, rate: int, raw_dir: Path | None = None
+) -> dict[str, object]:
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu, client_cpus = cpus[-1], cpus[:-1] or cpus
     port = free_port()
@@ -141,7 +143,11 @@ def run(connections: int, duration_s: int, model: Path, rate: int) -> dict[str, 
             )
             spy.wait(duration_s + 30)
             result = parse_summary(load.stdout, connections)
-            per = attribute(raw_path.read_text())
+            raw = raw_path.read_text()
+            per = attribute(raw)
+            if raw_dir is not None:  # py-spy's stacks, for a look below the steps
+                raw_dir.mkdir(parents=True, exist_ok=True)
+                (raw_dir / f"stacks-{connections}.txt").write_text(raw)
         finally:
             server.terminate()
             server.wait(30)
@@ -175,11 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second (default: 250)")
     p.add_argument("--model", type=Path, default=Path("models/digitsum.pt"))
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--raw", type=Path, help="also keep py-spy's stacks in this folder")
     args = p.parse_args(argv)
     if not shutil.which("py-spy") or not shutil.which("wrk"):
         p.error("needs py-spy (pip install py-spy) and wrk (apt-get install wrk)")
     results = [
-        run(int(c), args.duration, args.model, args.rate) for c in args.connections.split(",")
+        run(int(c), args.duration, args.model, args.rate, args.raw)
+        for c in args.connections.split(",")
     ]
     for res in results:
         print(
