@@ -1,8 +1,11 @@
 """Structured logs: one JSON object per line, with the request id where there is one.
 
-Records are handed to a thread through a queue (the standard library's QueueHandler and
-QueueListener): formatting and writing them never runs on the event loop, so a slow log sink (a
-full pipe, a stalled collector) slows the log, not the clients.
+Records are handed to a writer thread through a queue (the standard library's QueueHandler):
+formatting and writing them never runs on the event loop, so a slow log sink (a full pipe, a
+stalled collector) slows the log, not the clients. The writer wakes once per LOG_FLUSH_S and
+writes everything queued since in one write per stream, rather than waking for each record as
+the standard QueueListener does: with an access line per request, waking a thread per line
+cost the service's one core more than formatting it (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -12,9 +15,15 @@ import json
 import logging
 import queue
 import sys
+import threading
 from datetime import UTC, datetime
-from logging.handlers import QueueHandler, QueueListener
+from logging.handlers import QueueHandler
 from typing import TextIO
+
+# Longest a record waits on the queue before it is written, in seconds: short enough that a
+# line is out before anyone reading the log notices, long enough that one wake-up writes the
+# lines of many requests under load.
+LOG_FLUSH_S = 0.05
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -67,12 +76,25 @@ class StderrHandler(logging.StreamHandler[TextIO]):
         return sys.stderr
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
+        self.emit_many([record])
+
+    def emit_many(self, records: list[logging.LogRecord]) -> None:
+        """Write these records, one write and one flush per stream they go to."""
+        lines: dict[int, tuple[TextIO, list[str]]] = {}
+        for record in records:
             stream: TextIO = getattr(record, "_stderr", sys.stderr)
-            stream.write(self.format(record) + self.terminator)
-            stream.flush()
-        except Exception:
-            self.handleError(record)
+            try:
+                line = self.format(record)
+            except Exception:
+                self.handleError(record)
+                continue
+            lines.setdefault(id(stream), (stream, []))[1].append(line)
+        for stream, text in lines.values():
+            try:
+                stream.write(self.terminator.join(text) + self.terminator)
+                stream.flush()
+            except Exception:
+                self.handleError(records[-1])
 
 
 class _Enqueue(QueueHandler):
@@ -86,7 +108,41 @@ class _Enqueue(QueueHandler):
         return record
 
 
-_writer: QueueListener | None = None
+class _Writer:
+    """The writer thread: every LOG_FLUSH_S, every record queued so far, written at once."""
+
+    def __init__(
+        self, records: queue.SimpleQueue[logging.LogRecord], handler: StderrHandler
+    ) -> None:
+        self._records, self._handler = records, handler
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is queued and end the thread."""
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(LOG_FLUSH_S):
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        records = []
+        while True:
+            try:
+                records.append(self._records.get_nowait())
+            except queue.Empty:
+                break
+        if records:
+            self._handler.emit_many(records)
+
+
+_writer: _Writer | None = None
 _enqueue: _Enqueue | None = None
 
 
@@ -97,7 +153,7 @@ def _log_queue_handler() -> _Enqueue:
         records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         writer = StderrHandler()
         writer.setFormatter(JsonFormatter())
-        _writer = QueueListener(records, writer)
+        _writer = _Writer(records, writer)
         _writer.start()
         _enqueue = _Enqueue(records)
         atexit.register(flush_logging)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 import threading
 import time
@@ -48,3 +49,30 @@ def test_a_blocked_log_sink_does_not_delay_the_probes(monkeypatch: pytest.Monkey
         flush_logging()  # every line queued is written in the end, none is lost
         lines = [json.loads(line) for line in sink.getvalue().splitlines() if line.strip()]
         assert sum(1 for line in lines if line.get("path") == "/health/live") == 3
+
+
+class CountingSink(io.StringIO):
+    """stderr that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_records_logged_together_are_written_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer wakes once per LOG_FLUSH_S, not once per record: a burst of records (the
+    access lines of many requests) goes out in a write or two, in the order logged."""
+    create_app(make_settings(log_level="info"))  # configures the process's logging
+    sink = CountingSink()
+    monkeypatch.setattr(sys, "stderr", sink)  # lines logged from now on go here
+    log = logging.getLogger("digitsum.access")
+    for i in range(200):
+        log.info("line %d", i, extra={"request_id": f"req-{i}"})
+    flush_logging()
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert [line["request_id"] for line in lines] == [f"req-{i}" for i in range(200)]
+    assert sink.writes <= 4
