@@ -310,6 +310,7 @@ class DynamicBatcher:
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # images in self._jobs
         self._arrived = asyncio.Event()
+        self._gathering = False  # _next_batch is waiting for a fuller batch
         self._idle = asyncio.Event()  # set while nothing is queued and no batch is running
         self._in_flight: list[_Job] = []
         self._model_thread = ModelThread()
@@ -364,8 +365,8 @@ class DynamicBatcher:
         self._jobs.append(job)
         self._queued += len(images)
         self._idle.clear()
-        self._arrived.set()
-        metrics.QUEUE_DEPTH.set(self._queued)
+        if self._wakes_batcher():
+            self._arrived.set()
         try:
             return await job.future
         finally:
@@ -376,6 +377,17 @@ class DynamicBatcher:
         if isinstance(answer, ServiceError):
             raise answer
         return answer
+
+    def _wakes_batcher(self) -> bool:
+        """Whether the job just queued can end the batcher's wait: it waits for a first job, or
+        gathers until the queue holds a full batch or as many requests as the last batch did
+        (_next_batch). Waking it for every arrival in between cost a task switch and a timer
+        per request."""
+        return (
+            not self._gathering
+            or self._queued >= self.max_size
+            or len(self._jobs) == self._last_batch_jobs
+        )
 
     async def _next_batch(self) -> list[_Job]:
         while not self._jobs:
@@ -394,11 +406,14 @@ class DynamicBatcher:
             if remaining <= 0:
                 break
             self._arrived.clear()
+            self._gathering = True
             try:
                 async with asyncio.timeout(remaining):
                     await self._arrived.wait()
             except TimeoutError:
                 break
+            finally:
+                self._gathering = False
         batch: list[_Job] = []
         size = 0
         while self._jobs and (not batch or size + len(self._jobs[0].images) <= self.max_size):
@@ -407,6 +422,8 @@ class DynamicBatcher:
             if not job.future.done():  # else its caller has gone
                 batch.append(job)
                 size += len(job.images)
+        # Once per batch, not per request (a scrape also sets it): in multiprocess mode other
+        # workers' depths are read from what they last wrote here.
         metrics.QUEUE_DEPTH.set(self._queued)
         self._last_batch_jobs = len(batch)
         return batch
