@@ -14,6 +14,7 @@ import re
 import struct
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -510,7 +511,9 @@ def _decode_plain_grey_png(data: bytes) -> np.ndarray | None:
     was about 15 us per image faster)."""
     if data[:29] != _PLAIN_START:
         return None
-    if not _pixels_only(data) and _NOT_PLAIN_CHUNKS.search(data):
+    if _pixels_only(data):
+        return _decode_idat(data)
+    if _NOT_PLAIN_CHUNKS.search(data):
         return None
     try:
         with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
@@ -520,6 +523,23 @@ def _decode_plain_grey_png(data: bytes) -> np.ndarray | None:
     except _CORRUPT:
         return None  # corrupt: prepare_image names the problem
     return pixels
+
+
+def _decode_idat(data: bytes) -> np.ndarray | None:
+    """The pixels of a plain PNG that is nothing but IHDR, one IDAT chunk and IEND, decoded by
+    the decoder Pillow's PNG plugin hands IDAT to ("zip": inflate, then undo the row filters),
+    without the plugin's chunk reading in Python, which cost three times the decoding for a
+    28x28 image. As the plugin does, IHDR's CRC is checked and IDAT's and IEND's are not (the
+    same answers on corrupted files: tests/app/test_imaging.py)."""
+    (crc,) = _LENGTH.unpack_from(data, 29)
+    if zlib.crc32(data[12:29]) != crc:
+        return None  # Pillow refuses it: prepare_image names the problem
+    (length,) = _LENGTH.unpack_from(data, 33)
+    try:
+        image = Image.frombytes("L", (SIZE, SIZE), data[41 : 41 + length], "zip", "L")
+    except _CORRUPT:
+        return None
+    return np.frombuffer(image.tobytes(), np.uint8).reshape(SIZE, SIZE)
 
 
 def _pixels_only(data: bytes) -> bool:

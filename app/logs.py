@@ -83,6 +83,8 @@ class StderrHandler(logging.StreamHandler[TextIO]):
         lines: dict[int, tuple[TextIO, list[str]]] = {}
         for record in records:
             stream: TextIO = getattr(record, "_stderr", sys.stderr)
+            if stream.closed:  # swapped out and closed since (a test runner's capture)
+                stream = sys.stderr
             try:
                 line = self.format(record)
             except Exception:

@@ -78,6 +78,41 @@ def test_batch_path_gives_prepare_image_answers_pixel_for_pixel(mnist_test: Spli
     assert sum(isinstance(x, NoDigit) for x in batched) == 1
 
 
+def _corrupted(png: bytes, rng: random.Random) -> bytes:
+    """A plain PNG with a few bytes changed, anywhere from IHDR's CRC to the end."""
+    data = bytearray(png)
+    for _ in range(rng.randint(1, 3)):
+        data[rng.randrange(29, len(data))] = rng.randrange(256)
+    return bytes(data)
+
+
+def test_corrupted_plain_pngs_get_prepare_image_answers(mnist_test: Split) -> None:
+    """The fast decoding of a plain PNG (Pillow's zip decoder on its one IDAT chunk) answers
+    exactly as Pillow's PNG plugin does through prepare_image: the same pixels, or the same
+    error, for files corrupted in their CRCs, lengths, compressed data and row filters."""
+    rng = random.Random(5)
+    pngs = [mnist_png(image) for image in mnist_test.images[:20]]
+    uploads = [_corrupted(rng.choice(pngs), rng) for _ in range(400)]
+    uploads += [png[:-20] for png in pngs[:5]]  # truncated
+    batched = prepare_batch(uploads, DEFAULT_MAX_IMAGE_PIXELS)
+    outcomes = set()
+    for upload, got in zip(uploads, batched, strict=True):
+        try:
+            expected: np.ndarray | Exception = prepare_image(
+                upload, DEFAULT_MAX_IMAGE_PIXELS
+            ).pixels
+        except (InvalidImage, NoDigit) as exc:
+            expected = exc
+        if isinstance(expected, np.ndarray):
+            assert isinstance(got, np.ndarray)
+            assert np.array_equal(got, expected)
+        else:
+            assert isinstance(got, type(expected))
+            assert got.message == expected.message  # type: ignore[attr-defined]
+        outcomes.add(type(expected).__name__)
+    assert outcomes >= {"ndarray", "InvalidImage"}  # both kinds were exercised
+
+
 def _orientation(value: int) -> Image.Exif:
     exif = Image.Exif()
     exif[0x0112] = value  # Orientation
