@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi.routing import APIRoute
-from starlette.datastructures import MutableHeaders
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -165,7 +164,9 @@ class RequestContextMiddleware:
             nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status, started_response = message["status"], True
-                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+                # as MutableHeaders(scope=message).append does it, without the object
+                headers = message["headers"] = list(message.get("headers", ()))
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
             await send(message)
 
         received, body_done, body_started = 0, False, 0.0
