@@ -71,6 +71,7 @@ field-eval: $(STAMP)
 # Side-by-side load benchmark (needs wrk); results land in bench/results/. BENCH_ARGS=--quick for a smoke run.
 # Then 12 MP phone photos (JPEG, HEIC) against the 28x28 PNG: prepare_image and POST /predict p50.
 bench: $(STAMP)
+	$(PY) -m pip install -q -c requirements.lock -e '.[bench]'  # LitServe, a yardstick only
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench.photos
 
