@@ -60,7 +60,7 @@ MIN_BODY_BYTES_PER_S = 1024
 # A stalled body is cut off between body_timeout_s and this fraction of it later: the bodies
 # being read are checked together, every body_timeout_s / BODY_CHECKS_PER_TIMEOUT, by one timer
 # per worker, rather than each read under its own asyncio.timeout (under load, setting and
-# cancelling those timers cost the event loop more than the form's parse).
+# cancelling a timer per read cost the event loop nearly as much as parsing the form).
 BODY_CHECKS_PER_TIMEOUT = 10
 
 
