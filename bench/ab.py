@@ -1,6 +1,8 @@
 """Two builds of the service, side by side: is a change to the request path worth keeping?
+(Or ours against one yardstick, `--a-server limit`, paired the same way.)
 
     python -m bench.ab --a ../digitsum-before --b . [--rounds 5] [--connections 64]
+    python -m bench.ab --a-server limit --b .      # ours against the validated FastAPI endpoint
 
 Each side is `python -m app` started from its own source tree (so A and B run their own code
 with the same Python environment and the same model), pinned to the server CPU with wrk on the
@@ -13,6 +15,7 @@ ratios B / A (req/s), which is what docs/performance.md quotes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -24,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import payload
-from bench.servers import RunningServer, ServerSpec, free_port
+from bench.servers import SERVER_NAMES, RunningServer, free_port, server_spec
 from bench.wrk import parse_summary, wrk_command
 
 # The one-minute load average a run may start at: under 1 on 2 CPUs means nothing but the
@@ -45,28 +48,24 @@ def wait_until_quiet(max_load: float) -> float:
 
 
 def measure(
-    source: Path, env: dict[str, str], args: argparse.Namespace, body: Path, log: Path
+    server: str,
+    source: Path,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    body: Path,
+    log: Path,
 ) -> dict[str, float]:
     """One server from `source`, warmed up, then one wrk run: its req/s, p50 and errors."""
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus, client_cpus = [cpus[-1]], cpus[:-1] or cpus
     port = free_port()
-    spec = ServerSpec(
-        "ours",
-        str(source),
-        [sys.executable, "-m", "app"],
-        env={
-            "DIGITSUM_HOST": "127.0.0.1",
-            "DIGITSUM_PORT": str(port),
-            "DIGITSUM_MODEL_PATH": str(args.model.resolve()),
-            **env,
-        },
-    )
+    spec = server_spec(server, sys.executable, port, args.model.resolve())
+    spec = dataclasses.replace(spec, env={**spec.env, **env})
     probe = body.read_bytes()
     wenv = dict(os.environ, BENCH_BODY_FILE=str(body), BENCH_CONTENT_TYPE=payload.CONTENT_TYPE)
     url = f"http://127.0.0.1:{port}/predict"
     here = Path.cwd()
-    os.chdir(source)  # `python -m app` imports the app of the tree it starts in
+    os.chdir(source)  # the server imports the code of the tree it starts in
     try:
         with RunningServer(spec, port, server_cpus, log, probe, payload.CONTENT_TYPE):
             warm = wrk_command(url, args.connections, args.warmup, client_cpus, 10)
@@ -100,8 +99,15 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n")[0])
-    p.add_argument("--a", type=Path, required=True, help="source tree of A (the baseline)")
+    p.add_argument("--a", type=Path, default=Path("."), help="source tree of A (default: .)")
     p.add_argument("--b", type=Path, default=Path("."), help="source tree of B (default: .)")
+    p.add_argument(
+        "--a-server",
+        default="ours",
+        choices=SERVER_NAMES,
+        help="which server A is (default: ours; `limit` sets ours against the FastAPI endpoint)",
+    )
+    p.add_argument("--b-server", default="ours", choices=SERVER_NAMES, help="(default: ours)")
     p.add_argument("--a-env", action="append", default=[], help="KEY=VALUE for A's server")
     p.add_argument("--b-env", action="append", default=[], help="KEY=VALUE for B's server")
     p.add_argument("--model", type=Path, default=Path("models/digitsum.pt"))
@@ -113,8 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write every run here")
     args = p.parse_args(argv)
     sides = {
-        "A": (args.a.resolve(), parse_env(args.a_env)),
-        "B": (args.b.resolve(), parse_env(args.b_env)),
+        "A": (args.a_server, args.a.resolve(), parse_env(args.a_env)),
+        "B": (args.b_server, args.b.resolve(), parse_env(args.b_env)),
     }
     runs: list[dict[str, object]] = []
     ratios = []
@@ -126,9 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             order = ("A", "B") if round_ % 2 else ("B", "A")
             got = {}
             for side in order:
-                source, env = sides[side]
+                server, source, env = sides[side]
                 load = wait_until_quiet(args.max_load)
-                res = measure(source, env, args, body, Path(tmp) / f"{side}-{round_}.log")
+                log = Path(tmp) / f"{side}-{round_}.log"
+                res = measure(server, source, env, args, body, log)
                 got[side] = res
                 runs.append({"round": round_, "side": side, "load_before": load, **res})
                 print(
@@ -144,7 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.json:
         args.json.write_text(
-            json.dumps({"a": str(args.a), "b": str(args.b), "runs": runs, "ratios": ratios})
+            json.dumps(
+                {
+                    "a": [args.a_server, str(args.a)],
+                    "b": [args.b_server, str(args.b)],
+                    "runs": runs,
+                    "ratios": ratios,
+                }
+            )
         )
     return 0
 
