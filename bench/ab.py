@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from bench import payload
 from bench.servers import SERVER_NAMES, RunningServer, free_port, server_spec
-from bench.wrk import parse_summary, wrk_command
+from bench.wrk import run_wrk
 
 # The one-minute load average a run may start at: under 1 on 2 CPUs means nothing but the
 # benchmark itself has been running (a run leaves about 0.3 behind it, gone within a minute).
@@ -55,31 +54,19 @@ def measure(
     body: Path,
     log: Path,
 ) -> dict[str, float]:
-    """One server from `source`, warmed up, then one wrk run: its req/s, p50 and errors."""
+    """One server started in `source` (the code it imports), warmed up, then one wrk run: its
+    req/s, p50 and errors."""
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus, client_cpus = [cpus[-1]], cpus[:-1] or cpus
     port = free_port()
     spec = server_spec(server, sys.executable, port, args.model.resolve())
-    spec = dataclasses.replace(spec, env={**spec.env, **env})
-    probe = body.read_bytes()
-    wenv = dict(os.environ, BENCH_BODY_FILE=str(body), BENCH_CONTENT_TYPE=payload.CONTENT_TYPE)
+    spec = dataclasses.replace(spec, env={**spec.env, **env}, cwd=source)
     url = f"http://127.0.0.1:{port}/predict"
-    here = Path.cwd()
-    os.chdir(source)  # the server imports the code of the tree it starts in
-    try:
-        with RunningServer(spec, port, server_cpus, log, probe, payload.CONTENT_TYPE):
-            warm = wrk_command(url, args.connections, args.warmup, client_cpus, 10)
-            subprocess.run(warm, env=wenv, capture_output=True, check=True)
-            done = subprocess.run(
-                wrk_command(url, args.connections, args.duration, client_cpus, 10),
-                env=wenv,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-    finally:
-        os.chdir(here)
-    result = parse_summary(done.stdout, args.connections)
+    with RunningServer(spec, port, server_cpus, log, body.read_bytes(), payload.CONTENT_TYPE):
+        run_wrk(url, body, payload.CONTENT_TYPE, args.connections, args.warmup, client_cpus)
+        result = run_wrk(
+            url, body, payload.CONTENT_TYPE, args.connections, args.duration, client_cpus
+        )
     return {
         "requests_per_s": result.requests_per_s,
         "p50_ms": result.p50_ms,
@@ -126,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         body = Path(tmp) / "body"
-        digit = payload.load_digit([Path("data"), Path("../shared/data"), Path("tests/data")])
+        digit = payload.load_digit(payload.DEFAULT_DATA_DIRS)
         body.write_bytes(payload.single_body(digit.png))
         for round_ in range(1, args.rounds + 1):
             order = ("A", "B") if round_ % 2 else ("B", "A")

@@ -56,6 +56,10 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+# Where the MNIST test file is looked for, relative to the repository root.
+DEFAULT_DATA_DIRS = [Path("tests/data"), Path("data"), Path("../shared/data")]
+
+
 def load_digit(data_dirs: list[Path]) -> Digit:
     return mnist_test_digit(data_dirs) or drawn_digit()
 

@@ -16,20 +16,20 @@ the shares are the CPU's. py-spy is a developer's tool, not a dependency: `pip i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench import payload
-from bench.servers import free_port
-from bench.wrk import parse_summary, wrk_command
+from bench.servers import RunningServer, free_port, server_spec
+from bench.wrk import run_wrk
 
 # (step, a substring of a frame "function (file)" that marks it), checked from the innermost
 # frame outwards; the first step whose marker is on the stack takes the sample.
@@ -83,43 +83,29 @@ def run(
     connections: int, duration_s: int, model: Path, rate: int, raw_dir: Path | None = None
 ) -> dict[str, object]:
     cpus = sorted(os.sched_getaffinity(0))
-    server_cpu, client_cpus = cpus[-1], cpus[:-1] or cpus
+    server_cpus, client_cpus = [cpus[-1]], cpus[:-1] or cpus
     port = free_port()
-    env = dict(os.environ, DIGITSUM_PORT=str(port), DIGITSUM_MODEL_PATH=str(model))
-    env["DIGITSUM_LOG_LEVEL"] = "info"  # the access log is part of what a request costs
-    server = subprocess.Popen(
-        ["taskset", "-c", str(server_cpu), sys.executable, "-m", "app"],
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
+    spec = server_spec("ours", sys.executable, port, model)
+    # the access log is part of what a request costs
+    spec = dataclasses.replace(spec, env={**spec.env, "DIGITSUM_LOG_LEVEL": "info"})
     with tempfile.TemporaryDirectory() as tmp:
         body = Path(tmp) / "body"
-        digit = payload.load_digit([Path("data"), Path("../shared/data"), Path("tests/data")])
+        digit = payload.load_digit(payload.DEFAULT_DATA_DIRS)
         body.write_bytes(payload.single_body(digit.png))
         url = f"http://127.0.0.1:{port}/predict"
-        try:
-            for _ in range(240):
-                try:
-                    subprocess.run(
-                        ["curl", "-sf", url.replace("predict", "health/ready")],
-                        check=True,
-                        capture_output=True,
-                    )
-                    break
-                except subprocess.CalledProcessError:
-                    time.sleep(0.25)
-            wenv = dict(
-                os.environ, BENCH_BODY_FILE=str(body), BENCH_CONTENT_TYPE=payload.CONTENT_TYPE
-            )
-            warm = wrk_command(url, connections, 2, client_cpus, 10)
-            subprocess.run(warm, env=wenv, capture_output=True, check=True)
+        log = Path(tmp) / "server.log"
+        with RunningServer(
+            spec, port, server_cpus, log, body.read_bytes(), payload.CONTENT_TYPE
+        ) as server:
+            assert server.process is not None
+            run_wrk(url, body, payload.CONTENT_TYPE, connections, 2, client_cpus)  # warm-up
             raw_path = Path(tmp) / "raw.txt"
             spy = subprocess.Popen(
                 [
                     "py-spy",
                     "record",
                     "--pid",
-                    str(server.pid),
+                    str(server.process.pid),
                     "--threads",
                     "--rate",
                     str(rate),
@@ -134,23 +120,13 @@ def run(
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            load = subprocess.run(
-                wrk_command(url, connections, duration_s, client_cpus, 10),
-                env=wenv,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
+            result = run_wrk(url, body, payload.CONTENT_TYPE, connections, duration_s, client_cpus)
             spy.wait(duration_s + 30)
-            result = parse_summary(load.stdout, connections)
-            raw = raw_path.read_text()
-            per = attribute(raw)
-            if raw_dir is not None:  # py-spy's stacks, for a look below the steps
-                raw_dir.mkdir(parents=True, exist_ok=True)
-                (raw_dir / f"stacks-{connections}.txt").write_text(raw)
-        finally:
-            server.terminate()
-            server.wait(30)
+        raw = raw_path.read_text()
+        per = attribute(raw)
+        if raw_dir is not None:  # py-spy's stacks, for a look below the steps
+            raw_dir.mkdir(parents=True, exist_ok=True)
+            (raw_dir / f"stacks-{connections}.txt").write_text(raw)
     requests = result.requests
     total = sum(sum(c.values()) for c in per.values())
     samples_per_core_s = rate  # one sample per thread per 1/rate s; a busy core is `rate`/s

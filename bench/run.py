@@ -40,7 +40,6 @@ from bench.servers import (
 from bench.wrk import WrkError, run_wrk
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA_DIRS = [Path("tests/data"), Path("data"), Path("../shared/data")]
 PACKAGES = (
     "torch",
     "fastapi",
@@ -383,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server_cpus = resolve_cpus(args.server_cpus, "the server")
     client_cpus = resolve_cpus(args.client_cpus, "wrk")
-    digit = payload.load_digit(args.data_dir or DEFAULT_DATA_DIRS)
+    digit = payload.load_digit(args.data_dir or payload.DEFAULT_DATA_DIRS)
     result: dict[str, Any] = {
         "name": args.name,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -51,6 +51,7 @@ class ServerSpec:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     has_batch: bool = False
+    cwd: Path | None = None  # where it starts (the code it imports); None: this process's
 
 
 def server_spec(name: str, python: str, port: int, model_path: Path) -> ServerSpec:
@@ -186,6 +187,7 @@ class RunningServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                cwd=self.spec.cwd,
             )
         try:
             self._wait_until_answering()
