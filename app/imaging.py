@@ -511,8 +511,9 @@ def _decode_plain_grey_png(data: bytes) -> np.ndarray | None:
     was about 15 us per image faster)."""
     if data[:29] != _PLAIN_START:
         return None
-    if _pixels_only(data):
-        return _decode_idat(data)
+    idat = _only_idat(data)
+    if idat is not None:
+        return _decode_idat(data, idat)
     if _NOT_PLAIN_CHUNKS.search(data):
         return None
     try:
@@ -525,33 +526,35 @@ def _decode_plain_grey_png(data: bytes) -> np.ndarray | None:
     return pixels
 
 
-def _decode_idat(data: bytes) -> np.ndarray | None:
-    """The pixels of a plain PNG that is nothing but IHDR, one IDAT chunk and IEND, decoded by
-    the decoder Pillow's PNG plugin hands IDAT to ("zip": inflate, then undo the row filters),
-    without the plugin's chunk reading in Python, which cost three times the decoding for a
-    28x28 image. As the plugin does, IHDR's CRC is checked and IDAT's and IEND's are not (the
-    same answers on corrupted files: tests/app/test_imaging.py)."""
+def _decode_idat(data: bytes, idat: bytes) -> np.ndarray | None:
+    """The pixels of a plain PNG that is nothing but IHDR, one IDAT chunk (whose data is `idat`)
+    and IEND, decoded by the decoder Pillow's PNG plugin hands IDAT to ("zip": inflate, then
+    undo the row filters), without the plugin's chunk reading in Python, which cost three times
+    the decoding for a 28x28 image. As the plugin does, IHDR's CRC is checked and IDAT's and
+    IEND's are not (the same answers on corrupted files: tests/app/test_imaging.py)."""
     (crc,) = _LENGTH.unpack_from(data, 29)
     if zlib.crc32(data[12:29]) != crc:
         return None  # Pillow refuses it: prepare_image names the problem
-    (length,) = _LENGTH.unpack_from(data, 33)
     try:
-        image = Image.frombytes("L", (SIZE, SIZE), data[41 : 41 + length], "zip", "L")
+        image = Image.frombytes("L", (SIZE, SIZE), idat, "zip", "L")
     except _CORRUPT:
         return None
     return np.frombuffer(image.tobytes(), np.uint8).reshape(SIZE, SIZE)
 
 
-def _pixels_only(data: bytes) -> bool:
-    """Whether IHDR (which ends at byte 33) is followed by one IDAT chunk and IEND, and nothing
-    after: what Pillow and most encoders write for a plain image. Cheaper to tell than to
-    search the whole file for the chunks that could change the decoding."""
+def _only_idat(data: bytes) -> bytes | None:
+    """The IDAT chunk's data if IHDR (which ends at byte 33) is followed by one IDAT chunk and
+    IEND, and nothing after: what Pillow and most encoders write for a plain image; else None.
+    Cheaper to tell than to search the whole file for the chunks that could change the
+    decoding."""
     if len(data) < 57:  # IHDR, an empty IDAT chunk, IEND
-        return False
+        return None
     (length,) = _LENGTH.unpack_from(data, 33)
     iend = 45 + length  # where IEND starts if it follows the IDAT chunk
     ends_with_iend = len(data) == iend + 12 and data[iend + 4 : iend + 8] == b"IEND"
-    return data[37:41] == b"IDAT" and ends_with_iend
+    if data[37:41] != b"IDAT" or not ends_with_iend:
+        return None
+    return data[41 : iend - 4]
 
 
 _LENGTH = struct.Struct(">I")
