@@ -164,7 +164,8 @@ def _log_queue_handler() -> _Enqueue:
 
 def flush_logging() -> None:
     """Write every record still queued, and stop the writer thread (at exit: a process that
-    ends with os._exit calls this itself). Logging after this starts a new writer."""
+    ends with os._exit calls this itself). The next configure_logging starts a new writer;
+    until then the root logger has no handler of ours."""
     global _writer, _enqueue
     if _writer is not None:
         _writer.stop()
