@@ -15,6 +15,7 @@ import ast
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,17 @@ def _records_since(server: live_server.LiveServer, offset: int) -> list[dict[str
     return [json.loads(line) for line in lines]  # a non-JSON line fails here
 
 
+def _wait_for_log(
+    server: live_server.LiveServer, offset: int, logged: Callable[[str], bool], what: str
+) -> None:
+    """Wait until the log written since `offset` shows what `logged` looks for: the writer
+    thread writes the access lines a moment (up to app.logs.LOG_FLUSH_S) after the answers."""
+    deadline = time.monotonic() + 5
+    while not logged(server.log_text()[offset:]):
+        assert time.monotonic() < deadline, f"never logged: {what}"
+        time.sleep(0.05)
+
+
 def test_hostile_request_id_and_path_cannot_forge_log_lines(
     server: live_server.LiveServer, client: httpx.Client
 ) -> None:
@@ -118,11 +130,8 @@ def test_hostile_request_id_and_path_cannot_forge_log_lines(
     live = client.get("/health/live", headers={"X-Request-ID": "after-the-hostile-ones"})
     assert live.status_code == 200
 
-    # The access line is written just after the answer is sent: wait for the last one.
-    deadline = time.monotonic() + 5
-    while '"request_id": "after-the-hostile-ones"' not in server.log_text()[offset:]:
-        assert time.monotonic() < deadline, "the last request was never logged"
-        time.sleep(0.05)
+    last = '"request_id": "after-the-hostile-ones"'
+    _wait_for_log(server, offset, lambda log: last in log, "the last request")
     records = _records_since(server, offset)
     access = [r for r in records if r["logger"] == "digitsum.access"]
     assert [r["request_id"] for r in access][-1] == "after-the-hostile-ones"
@@ -166,15 +175,10 @@ def test_hostile_file_name_is_never_echoed_logged_or_used_as_a_path(
             assert str(target) not in response.text
             if status == 200:
                 assert response.json()["digit"] == digit.label
-    # Log lines are written by the writer thread a moment after the answers: wait for them.
-    deadline = time.monotonic() + 5
-    while True:
-        records = _records_since(server, offset)
-        count = sum(r.get("request_id") == "hostile-file-name" for r in records)
-        if count >= 3 * len(names) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert count >= 3 * len(names)
+    ours = '"request_id": "hostile-file-name"'
+    _wait_for_log(server, offset, lambda log: log.count(ours) >= 3 * len(names), "every request")
+    records = _records_since(server, offset)
+    assert sum(r.get("request_id") == "hostile-file-name" for r in records) >= 3 * len(names)
     logged = server.log_text()[offset:]
     assert marker not in logged
     assert not target.exists()
