@@ -68,10 +68,16 @@ regression-set: $(STAMP)
 field-eval: $(STAMP)
 	$(PY) -m training.field_eval --field-dir $(FIELD_DIR) --split heldout --model models/digitsum.pt $(FIELD_EVAL_ARGS)
 
+# LitServe, a yardstick only: installed once per lock, beside the main install (whose rule
+# removes this stamp with its own when either file changes).
+BENCH_STAMP := $(STAMP)-bench
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c requirements.lock -e '.[bench]'
+	touch $@
+
 # Side-by-side load benchmark (needs wrk); results land in bench/results/. BENCH_ARGS=--quick for a smoke run.
 # Then 12 MP phone photos (JPEG, HEIC) against the 28x28 PNG: prepare_image and POST /predict p50.
-bench: $(STAMP)
-	$(PY) -m pip install -q -c requirements.lock -e '.[bench]'  # LitServe, a yardstick only
+bench: $(BENCH_STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench.photos
 
