@@ -27,8 +27,9 @@ measurements):
 5. Components: what is left is cut into connected components; specks are dropped, and so is
    what cannot be a digit: anything touching two sides of the picture, a long thin stroke
    touching one, a mark touching one that is small for the picture (a digit cut by the frame
-   is a close crop), a hairline straight enough to be a fold or an edge, two hairlines meeting
-   at a right angle (a page's corner, a margin line meeting a ruling line). The digit is the
+   is a close crop), a hairline straight enough to be a fold or an edge (whole, or as pieces
+   in a row), two hairlines meeting at a right angle (a page's corner, a margin line meeting a
+   ruling line). The digit is the
    component with the most ink near the centre (those touching the border count for less),
    merged with the pieces of a broken stroke around it. It is refused when it lies wholly along
    a ruling line (what the line's removal left), or when the paper around it is not clean (a
@@ -625,4 +626,8 @@ def _choose_digit(
     keep = np.zeros(count, np.uint8)
     keep[1:][near] = 1
     chosen: np.ndarray = keep[labels]
+    # A broken ruling line's pieces gather into one straight hairline, as thin and straight as
+    # a whole one that the loop above passes over: the hairline rule holds for them together.
+    if near.sum() > 1 and _elongation(chosen) > p.hairline_elongation:
+        return None
     return chosen

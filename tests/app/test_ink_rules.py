@@ -130,6 +130,18 @@ def test_choose_digit_skips_an_edge_and_a_hairline() -> None:
     assert ink._choose_digit(edge | hairline) is None
 
 
+def test_choose_digit_refuses_a_hairline_broken_into_pieces() -> None:
+    # A grid line's fragments in a row, each short enough to pass the hairline rule alone.
+    pieces = [(100, 30 + 24 * i, 100, 50 + 24 * i) for i in range(6)]
+    assert max(ink._elongation(_mask(pc, width=2)) for pc in pieces) < PARAMS.hairline_elongation
+    assert ink._choose_digit(_mask(*pieces, width=2)) is None
+    # A written 1 broken by the same gaps keeps a pen's width: a digit, all of its pieces.
+    chosen = ink._choose_digit(_mask(*pieces, width=9))
+    assert chosen is not None
+    assert chosen[40, 100]
+    assert chosen[160, 100]
+
+
 def test_ruling_lines_are_removed_and_a_crossing_stroke_kept() -> None:
     page = np.full((SIDE, SIDE), 0.9, np.float32)
     page[40::30, :] = 0.6  # ruling lines, fainter than the pen
