@@ -169,6 +169,18 @@ def epoch_batches(
     return mine, numbers[mine]
 
 
+def roughen_batch(
+    warped: torch.Tensor, mnist: int, share: float, generator: torch.Generator
+) -> torch.Tensor:
+    """`warped` (B, 1, 28, 28) through roughen(), except that of its first `mnist` rows (the
+    MNIST images) only about `share` are: the rest keep MNIST's own look."""
+    image = roughen(warped, generator)
+    if share < 1:  # drawn only then, so that runs at 1 replay the batches of earlier runs
+        smooth = (torch.rand(mnist, generator=generator) >= share).to(warped.device)
+        image[:mnist][smooth] = warped[:mnist][smooth]
+    return image
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     ema: AveragedModel,
@@ -212,7 +224,8 @@ def train_one_epoch(
                 pick = torch.randint(0, len(pool), (count,), generator=aug_generator)
                 images.append(pool.images[pick.to(pool.images.device)])
                 labels.append(pool.labels[pick.to(pool.labels.device)])
-        image = roughen(augment(torch.cat(images), aug_generator), aug_generator)  # (B', 1, 28, 28)
+        warped = augment(torch.cat(images), aug_generator)  # (B', 1, 28, 28)
+        image = roughen_batch(warped, len(batch), cfg.mnist_roughen, aug_generator)
         label = torch.cat(labels)  # (B',) digits, or NOT_A_DIGIT (-1)
         extra = torch.randint(0, 10, (len(label) - len(batch),), generator=aug_generator)
         number = torch.cat((numbers[step * cfg.batch_size : (step + 1) * cfg.batch_size], extra))

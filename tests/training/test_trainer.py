@@ -177,6 +177,27 @@ def test_page_negatives_are_mined_only_when_asked_and_reach_the_training_batches
     assert seen[1] == on["dataset"]["synthetic"]["page_negatives"]
 
 
+def test_mnist_roughen_keeps_that_share_of_mnist_images_as_warped_only() -> None:
+    warped = torch.rand((400, 1, 28, 28), generator=torch.Generator().manual_seed(1))
+
+    def batch(share: float) -> torch.Tensor:
+        return train_module.roughen_batch(warped, 300, share, torch.Generator().manual_seed(2))
+
+    def untouched(image: torch.Tensor) -> torch.Tensor:
+        return (image == warped).flatten(1).all(1)
+
+    everything = train_module.roughen(warped, torch.Generator().manual_seed(2))
+    assert torch.equal(batch(1.0), everything)  # the default: as every earlier run
+    assert untouched(batch(0.0))[:300].all()
+    # The synthetic rows are roughened at any share, as before (roughen() leaves some alone).
+    assert torch.equal(batch(0.0)[300:], everything[300:])
+    # Half kept as warped, and roughen() leaves some of the other half alone too.
+    alone = untouched(everything)[:300].float().mean().item()
+    kept = untouched(batch(0.5))[:300].float().mean().item()
+    assert alone < 0.6
+    assert abs(kept - (0.5 + 0.5 * alone)) < 0.1
+
+
 def test_run_killed_mid_epoch_leaves_outputs_untouched_and_resumes(
     sliced_mnist: Path,
     tmp_path: Path,
