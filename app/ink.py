@@ -31,9 +31,10 @@ measurements):
    in a row), two hairlines meeting at a right angle (a page's corner, a margin line meeting a
    ruling line). The digit is the
    component with the most ink near the centre (those touching the border count for less),
-   merged with the pieces of a broken stroke around it. It is refused when it lies wholly along
-   a ruling line (what the line's removal left), or when the paper around it is not clean (a
-   haze of fainter ink: grain, a smudge, a texture).
+   merged with the pieces of a broken stroke around it. It is refused when the photo is lighter
+   than it on one side only (the false ink along a sheet's edge, the desk on its other side),
+   when it lies wholly along a ruling line (what the line's removal left), or when the paper
+   around it is not clean (a haze of fainter ink: grain, a smudge, a texture).
 
 OpenCV (headless) does the per-pixel work: its morphology with rectangular kernels, connected
 components and resizing are several times faster than the same steps in NumPy or scikit-image
@@ -59,7 +60,7 @@ WORK_SIDE = PARAMS.work_side  # app.imaging shrinks photos to this before callin
 
 # The names of the rules that refuse a photo (NoDigit.rule), in the order they are applied;
 # the regression set (training/pipeline_regression.py) reports answers moved by each.
-RULES = ("noise", "blank", "no_mark", "along_line", "haze")
+RULES = ("noise", "blank", "no_mark", "page_edge", "along_line", "haze")
 
 
 @dataclass(frozen=True)
@@ -96,19 +97,20 @@ def digit_ink(grey: np.ndarray, params: InkParams = PARAMS) -> Ink:
     noise = max(p.noise_sigmas * spread, p.raw_noise_sigmas * raw_spread)
     edges = _page_edges(small, grey.shape, p)
     try:
-        return _ink_above(ink, noise, spread, edges, p, floor=p.ink_floor)
+        return _ink_above(grey, ink, noise, spread, edges, p, floor=p.ink_floor)
     except NoDigit as nothing:
         # Faint pencil on clean paper stays under the floor while standing far above the
         # paper's noise: look again below the floor, where the noise allows it.
         if noise >= p.ink_floor:
             raise
         try:
-            return _ink_above(ink, noise, spread, edges, p, floor=p.faint_floor)
+            return _ink_above(grey, ink, noise, spread, edges, p, floor=p.faint_floor)
         except NoDigit:
             raise nothing from None
 
 
 def _ink_above(
+    grey: np.ndarray,
     ink: np.ndarray,
     noise: float,
     spread: float,
@@ -117,13 +119,14 @@ def _ink_above(
     *,
     floor: float,
 ) -> Ink:
-    """The digit's ink where `ink` (the flattened, smoothed image) stands above both `noise`
+    """The digit's ink where `ink` (the flattened, smoothed `grey`) stands above both `noise`
     and `floor`; raises NoDigit when none is found there. A look below the ink floor takes
     only a digit clear of the picture's border, where flattening the light is least sure.
 
     The steps, in order, each its own function: threshold, ruling lines (found on a fainter
     mask) and the desk removed, line remnants dropped below the floor, the digit chosen, then
-    the chosen mark refused if it lies along a line or in a haze, else a faint one grown."""
+    the chosen mark refused if it is a sheet's edge, lies along a line or in a haze, else a
+    faint one grown."""
     threshold = max(noise, floor)
     below_floor = floor < p.ink_floor
     mask = (ink > threshold).astype(np.uint8)
@@ -140,6 +143,12 @@ def _ink_above(
     chosen = _choose_digit(mask, p, inner=below_floor)
     if chosen is None:
         raise _nothing_there(lines, edges, p, rule="no_mark")
+    if _one_sided(chosen, grey, p):
+        raise NoDigit(
+            "I don't see a digit in this image: I see the edge of a sheet of paper",
+            field="image",
+            rule="page_edge",
+        )
     if ruled is not None and _along_lines(chosen, ruled, p):
         raise _nothing_there(lines, edges, p, rule="along_line")
     if _in_a_haze(chosen, faint, ruled, edges, p):
@@ -224,6 +233,33 @@ def _near_lines(ruled: np.ndarray, p: InkParams = PARAMS) -> np.ndarray:
     side = 2 * p.line_reach + 1
     near: np.ndarray = cv2.dilate(ruled.astype(np.uint8), np.ones((side, side), np.uint8)) > 0
     return near
+
+
+def _one_sided(chosen: np.ndarray, grey: np.ndarray, p: InkParams = PARAMS) -> bool:
+    """The edge rule: whether the photo (`grey`, dark ink on light paper) is lighter than the
+    mark (`chosen`, uint8 0/1) on one side of it only, across its main axis: the false ink that
+    flattening leaves along a sheet's edge where the desk was not found (_page_edges), with the
+    desk on its other side. A stroke has paper on both sides, even in a shadow."""
+    ys, xs = np.nonzero(chosen)
+    points = np.stack([xs, ys], 1).astype(np.float64)
+    centre = points.mean(0)
+    direction = np.linalg.svd(points - centre, full_matrices=False)[2][0]
+    normal = np.array([-direction[1], direction[0]])
+    along = (points - centre) @ direction
+    width = len(points) / (float(along.max() - along.min()) + 1)  # area / length
+    height, wide = grey.shape
+    mark = float(np.median(grey[ys, xs]))
+    contrasts = []
+    for sign in (1.0, -1.0):
+        beside = np.rint(points + sign * (width + p.side_gap) * normal).astype(np.int64)
+        inside = (beside[:, 0] >= 0) & (beside[:, 0] < wide) & (beside[:, 1] >= 0)
+        beside = beside[inside & (beside[:, 1] < height)]
+        beside = beside[chosen[beside[:, 1], beside[:, 0]] == 0]
+        if not len(beside):  # at the frame, or a closed shape all round: no side to read
+            return False
+        contrasts.append(float(np.median(grey[beside[:, 1], beside[:, 0]])) - mark)
+    weak, strong = sorted(contrasts)
+    return strong >= p.side_contrast and weak < p.side_ratio * strong
 
 
 def _box_around(chosen: np.ndarray, reach: int) -> tuple[slice, slice]:

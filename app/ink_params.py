@@ -172,6 +172,17 @@ class InkParams:
     along_line: float = tuned(
         0.99, "share of the mark's pixels", "a mark this much along a line is what it left"
     )
+    side_gap: float = tuned(
+        3.0, "px beyond the mark's width", "where the paper beside a stroke is read, clear of it"
+    )
+    side_contrast: float = tuned(
+        0.05, "grey level 0..1", "less lighter than the mark on both sides: nothing to compare"
+    )
+    side_ratio: float = tuned(
+        0.2,
+        "share of the lighter side's contrast",
+        "paper lies on both sides of a stroke; a sheet's edge has the desk on one",
+    )
     haze: float = tuned(0.3, "share of the margin inked", "a written digit stands on clean paper")
     haze_margin: float = tuned(
         0.5, "share of the mark's size", "the margin around the mark that must be clean"

@@ -142,6 +142,21 @@ def test_choose_digit_refuses_a_hairline_broken_into_pieces() -> None:
     assert chosen[160, 100]
 
 
+def test_the_edge_rule_refuses_a_mark_with_paper_on_one_side_only() -> None:
+    # A sheet (0.85) on a desk (0.45) left of x = 100, and the false ink flattening leaves on
+    # the desk along the edge: the mark is as dark as the desk beside it.
+    grey = np.full((SIDE, SIDE), 0.85, np.float32)
+    grey[:, :100] = 0.45
+    sliver = _mask((96, 30, 96, 170), width=4)
+    assert ink._one_sided(sliver, grey)
+    # A written 1 on that sheet, and one in a shadow's half: paper on both sides of each.
+    one = _mask((150, 30, 150, 170), width=6)
+    page = _page((150, 30, 150, 170))
+    assert not ink._one_sided(one, page)
+    shaded = page * np.where(np.arange(SIDE) < 150, 0.7, 1.0)[None, :].astype(np.float32)
+    assert not ink._one_sided(one, shaded)
+
+
 def test_ruling_lines_are_removed_and_a_crossing_stroke_kept() -> None:
     page = np.full((SIDE, SIDE), 0.9, np.float32)
     page[40::30, :] = 0.6  # ruling lines, fainter than the pen
