@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app import imaging, ink
+from app import imaging, ink, ink_params
 from app.errors import ServiceError
 from training import scenes
 from training.synthetic import NOT_A_DIGIT, GlyphPool, cached
@@ -63,7 +63,7 @@ def cached_pages(cache_dir: Path, photos: int, seed: int, workers: int = 1) -> G
     makes the photos and prepares them (a changed pipeline mines again)."""
     if photos <= 0:
         return mine_pages(0, seed)  # nothing to mine, nothing to keep
-    code = [Path(m.__file__) for m in (scenes, imaging, ink) if m.__file__]
+    code = [Path(m.__file__) for m in (scenes, imaging, ink, ink_params) if m.__file__]
     return cached(
         cache_dir / "pages",
         ["pages", photos, seed],

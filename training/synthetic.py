@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from app import imaging, ink, ink_params
 from app.config import DEFAULT_MAX_IMAGE_PIXELS
 from app.errors import NoDigit
 from app.imaging import NOISE_FLOOR, frame_like_mnist, prepare_image
@@ -176,12 +177,15 @@ def cached_pool(
     """render_pool, kept in `cache_dir` keyed by its arguments and the glyph code's own bytes,
     so a resumed or repeated training does not render the same glyphs again."""
     args: list[object] = [split, digits, negatives, seed]
+    code = [Path(glyphs.__file__), Path(__file__)]
     if drawings or drawn_negatives:  # the key of a pool without drawings stays as it was
         args += [drawings, drawn_negatives]
+        # Drawings go through the service's pipeline: a changed rule or number draws again.
+        code += [Path(m.__file__) for m in (imaging, ink, ink_params) if m.__file__]
     return cached(
         cache_dir / "glyphs",
         args,
-        [Path(glyphs.__file__), Path(__file__)],
+        code,
         lambda: render_pool(split, digits, negatives, seed, drawings, drawn_negatives),
     )
 

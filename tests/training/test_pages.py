@@ -9,7 +9,7 @@ import pytest
 
 from app import imaging
 from app.errors import NoDigit
-from training import pages, scenes
+from training import pages, scenes, synthetic
 from training.synthetic import NOT_A_DIGIT
 
 # Seed 1008's first 20 blank photos: most are refused by the pipeline, and two (the third, on
@@ -59,3 +59,26 @@ def test_the_mined_pool_is_cached_and_read_back(
     # Another seed is another pool: not read from this one's file.
     with pytest.raises(AssertionError, match="mined again"):
         pages.cached_pages(tmp_path, PHOTOS, SEED + 1)
+
+
+@pytest.mark.parametrize("module", ["imaging", "ink", "ink_params"])
+def test_the_caches_of_what_went_through_the_pipeline_are_keyed_by_its_code(
+    module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Page negatives and mouse drawings are what the service's pipeline made of them: a changed
+    rule or tuned number (app/ink.py, app/ink_params.py, app/imaging.py) must make them again,
+    not read a pool it would no longer make."""
+    keyed: list[list[Path]] = []
+
+    def record(stem: Path, args: list[object], code: list[Path], make: object) -> None:
+        keyed.append(code)
+
+    monkeypatch.setattr(pages, "cached", record)
+    monkeypatch.setattr(synthetic, "cached", record)
+    pages.cached_pages(Path("unused"), PHOTOS, SEED)
+    synthetic.cached_pool(Path("unused"), "train", 10, 10, SEED, drawings=10)
+    synthetic.cached_pool(Path("unused"), "train", 10, 10, SEED)
+    with_pipeline, drawings, glyphs_only = ({p.name for p in code} for code in keyed)
+    assert f"{module}.py" in with_pipeline
+    assert f"{module}.py" in drawings
+    assert f"{module}.py" not in glyphs_only  # fonts alone: no pipeline, the key stays as it was

@@ -17,7 +17,7 @@ import torch
 from app import __version__
 from tests.conftest import REPO_ROOT, TEST_DATA_DIR
 from training import train as train_module
-from training.data import MNIST_FILES, DataError, ensure_mnist, read_idx
+from training.data import MNIST_FILES, DataError, ensure_mnist, read_idx, roughen
 from training.model import DigitSumNet, ModelConfig
 from training.train import main
 
@@ -186,7 +186,7 @@ def test_mnist_roughen_keeps_that_share_of_mnist_images_as_warped_only() -> None
     def untouched(image: torch.Tensor) -> torch.Tensor:
         return (image == warped).flatten(1).all(1)
 
-    everything = train_module.roughen(warped, torch.Generator().manual_seed(2))
+    everything = roughen(warped, torch.Generator().manual_seed(2))
     assert torch.equal(batch(1.0), everything)  # the default: as every earlier run
     assert untouched(batch(0.0))[:300].all()
     # The synthetic rows are roughened at any share, as before (roughen() leaves some alone).
