@@ -496,6 +496,9 @@ def load_twin(cfg: TrainConfig) -> Twin:
     if theirs.get("final_fit") is not None:
         raise DataError(f"--final-fit {cfg.final_fit} is itself a final fit: name its twin")
     ours = json.loads(json.dumps(cfg.to_dict()))  # tuples as the card's lists
+    # A flag added since the twin was trained is missing from its card: it ran as the flag's
+    # default does (a new flag's default keeps what earlier runs did).
+    theirs = {**json.loads(json.dumps(TrainConfig().to_dict())), **theirs}
     differ = [
         key
         for key in sorted(set(ours) | set(theirs))

@@ -17,6 +17,7 @@ import torch
 from app import __version__
 from tests.conftest import REPO_ROOT, TEST_DATA_DIR
 from training import train as train_module
+from training.config import TrainConfig
 from training.data import MNIST_FILES, DataError, ensure_mnist, read_idx, roughen
 from training.model import DigitSumNet, ModelConfig
 from training.train import main
@@ -382,3 +383,25 @@ def test_final_fit_refuses_a_twin_trained_with_another_recipe(
     assert code == 2
     assert "--final-fit" in capsys.readouterr().err
     assert not (final_dir / "digitsum.pt").exists()
+
+
+def test_a_twin_from_before_a_flag_existed_ran_at_its_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run 20 (before --mnist-roughen) is the twin of a final fit of its recipe; a twin that
+    set the flag otherwise is not."""
+    twin_file = tmp_path / "twin.pt"
+    twin_file.write_bytes(b"a checkpoint")
+    theirs = json.loads(json.dumps(TrainConfig().to_dict()))
+    del theirs["mnist_roughen"]
+    card = {
+        "training": {"config": theirs},
+        "selection": {"epoch": 3},
+        "calibration": {"digit_temperature": 1.1, "sum_temperature": 1.2},
+        "no_digit": {"threshold": 0.5},
+    }
+    monkeypatch.setattr(train_module.export, "load_checkpoint", lambda path: (None, card))
+    assert train_module.load_twin(TrainConfig(final_fit=twin_file)).selected_epoch == 3
+    theirs["mnist_roughen"] = 0.5
+    with pytest.raises(DataError, match="mnist_roughen"):
+        train_module.load_twin(TrainConfig(final_fit=twin_file))
