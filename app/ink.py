@@ -29,12 +29,12 @@ measurements):
    touching one, a mark touching one that is small for the picture (a digit cut by the frame
    is a close crop), a hairline straight enough to be a fold or an edge (whole, or as pieces
    in a row), two hairlines meeting at a right angle (a page's corner, a margin line meeting a
-   ruling line). The digit is the
-   component with the most ink near the centre (those touching the border count for less),
-   merged with the pieces of a broken stroke around it. It is refused when the photo is lighter
-   than it on one side only (the false ink along a sheet's edge, the desk on its other side),
-   when it lies wholly along a ruling line (what the line's removal left), or when the paper
-   around it is not clean (a haze of fainter ink: grain, a smudge, a texture).
+   ruling line). The digit is the component with the most ink near the centre (those touching
+   the border count for less), merged with the pieces of a broken stroke around it. It is
+   refused when the photo is lighter than it on one side only (the false ink along a sheet's
+   edge, the desk on its other side), when it lies wholly along a ruling line (what the line's
+   removal left), or when the paper around it is not clean (a haze of fainter ink: grain, a
+   smudge, a texture).
 
 OpenCV (headless) does the per-pixel work: its morphology with rectangular kernels, connected
 components and resizing are several times faster than the same steps in NumPy or scikit-image
