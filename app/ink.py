@@ -240,7 +240,9 @@ def _one_sided(chosen: np.ndarray, grey: np.ndarray, p: InkParams = PARAMS) -> b
     mark (`chosen`, uint8 0/1) on one side of it only, across its main axis: the false ink that
     flattening leaves along a sheet's edge where the desk was not found (_page_edges), with the
     desk on its other side. A stroke has paper on both sides, even in a shadow."""
-    ys, xs = np.nonzero(chosen)
+    rows, cols = _box_around(chosen, 0)  # the mark's own box: no scan of the whole picture
+    ys, xs = np.nonzero(chosen[rows, cols])
+    ys, xs = ys + rows.start, xs + cols.start
     points = np.stack([xs, ys], 1).astype(np.float64)
     centre = points.mean(0)
     direction = np.linalg.svd(points - centre, full_matrices=False)[2][0]
