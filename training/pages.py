@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app import imaging, ink, ink_params
+from app import imaging
 from app.errors import ServiceError
 from training import scenes
-from training.synthetic import NOT_A_DIGIT, GlyphPool, cached
+from training.synthetic import NOT_A_DIGIT, PIPELINE_CODE, GlyphPool, cached
 
 STREAM = 7  # keeps these photos' random streams apart from training.fieldset's
 _GLYPH_SIDE = 96  # a blank glyph of training.fieldset's side: the same scene framing
@@ -63,10 +63,9 @@ def cached_pages(cache_dir: Path, photos: int, seed: int, workers: int = 1) -> G
     makes the photos and prepares them (a changed pipeline mines again)."""
     if photos <= 0:
         return mine_pages(0, seed)  # nothing to mine, nothing to keep
-    code = [Path(m.__file__) for m in (scenes, imaging, ink, ink_params) if m.__file__]
     return cached(
         cache_dir / "pages",
         ["pages", photos, seed],
-        [*code, Path(__file__)],
+        [Path(scenes.__file__), *PIPELINE_CODE, Path(__file__)],
         lambda: mine_pages(photos, seed, workers),
     )

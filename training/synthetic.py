@@ -28,6 +28,8 @@ from training import glyphs
 from training.atomic import atomic_write
 
 NOT_A_DIGIT = -1  # the label of a negative in a pool
+# The service's photo pipeline, code and tuned numbers: what a pool made through it is keyed by.
+PIPELINE_CODE = tuple(Path(m.__file__) for m in (imaging, ink, ink_params) if m.__file__)
 # A share of the font digits written with a thick marker: photos of felt-tip digits have
 # strokes so wide that a bold glyph's counters close, which neither MNIST nor a pen shows.
 MARKER = 0.15
@@ -181,7 +183,7 @@ def cached_pool(
     if drawings or drawn_negatives:  # the key of a pool without drawings stays as it was
         args += [drawings, drawn_negatives]
         # Drawings go through the service's pipeline: a changed rule or number draws again.
-        code += [Path(m.__file__) for m in (imaging, ink, ink_params) if m.__file__]
+        code += PIPELINE_CODE
     return cached(
         cache_dir / "glyphs",
         args,
