@@ -30,6 +30,7 @@ class TrainConfig:
     page_batch: int = 6
     not_digit_weight: float = 1.0
     mnist_roughen: float = 1.0
+    mnist_warp: float = 1.0
     lr: float = 3e-3
     weight_decay: float = 5e-4
     label_smoothing: float = 0.05
@@ -170,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(training/data.py roughen); the synthetic digits and non-digits always do. 1: all, as "
         "every run before run 22 (docs/model.md)",
     )
+    p.add_argument(
+        "--mnist-warp",
+        type=float,
+        default=d.mnist_warp,
+        help="strength of the random affine and elastic warps (training/data.py augment) on "
+        "each batch's MNIST images; the synthetic digits and non-digits always get 1. 1: as "
+        "every run before run 26 (docs/model.md)",
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (one-cycle schedule)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument(
@@ -278,6 +287,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         build_parser().error(f"--final-fit: no checkpoint at {args.final_fit}")
     if not 0 <= args.mnist_roughen <= 1:
         build_parser().error("--mnist-roughen must be between 0 and 1")
+    if not 0 <= args.mnist_warp <= 1:
+        build_parser().error("--mnist-warp must be between 0 and 1")
     if args.settle_steps < 0 or args.settle_sharpness <= 0:
         build_parser().error("--settle-steps must be >= 0 and --settle-sharpness > 0")
     values = vars(args)

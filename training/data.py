@@ -164,21 +164,23 @@ def dataset_checksums(folder: Path) -> dict[str, str]:
 
 
 def augment(
-    images: torch.Tensor, generator: torch.Generator, strength: float = 1.0
+    images: torch.Tensor, generator: torch.Generator, strength: float | torch.Tensor = 1.0
 ) -> torch.Tensor:
     """Random affine and elastic warps, batched on the images' device: (B,1,28,28) -> same.
 
     Rotation up to 12 degrees, scale 0.85-1.1, shear up to 0.3 (slanted writing) and shifts up
     to 2.5 px, plus a smooth elastic displacement of up to about 1.5 px (Simard et al.'s
-    distortion, the wobble of a hand), all in one resampling. The random draws happen on the
-    CPU generator so that runs are seeded the same on any device.
+    distortion, the wobble of a hand), all in one resampling, each scaled by `strength` (one
+    for the batch, or (B,) per image). The random draws happen on the CPU generator, and do not
+    depend on `strength`, so that runs are seeded the same on any device and at any strength.
     """
     b = images.shape[0]
+    k = torch.as_tensor(strength, dtype=images.dtype).to(images.device).expand(b)  # (B,)
     r = torch.rand((b, 5), generator=generator).to(images.device) * 2 - 1  # (B, 5) in [-1, 1]
-    angle = r[:, 0] * math.radians(12) * strength
-    scale = 1 + (r[:, 1] * 0.125 - 0.025) * strength
-    shear = r[:, 2] * 0.3 * strength
-    shift = r[:, 3:] * (2.5 / 14) * strength  # grid units: 14 px = 1.0
+    angle = r[:, 0] * math.radians(12) * k
+    scale = 1 + (r[:, 1] * 0.125 - 0.025) * k
+    shear = r[:, 2] * 0.3 * k
+    shift = r[:, 3:] * (2.5 / 14) * k[:, None]  # grid units: 14 px = 1.0
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [
@@ -190,7 +192,8 @@ def augment(
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (B, 28, 28, 2)
     coarse = torch.randn((b, 2, 4, 4), generator=generator).to(images.device)
     elastic = F.interpolate(coarse, size=images.shape[-2:], mode="bicubic", align_corners=False)
-    grid = grid + elastic.permute(0, 2, 3, 1) * (0.06 * strength)  # (B, 28, 28, 2), ~0.8 px sd
+    wobble = elastic.permute(0, 2, 3, 1) * (0.06 * k[:, None, None, None])  # ~0.8 px sd at 1
+    grid = grid + wobble  # (B, 28, 28, 2)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -169,6 +169,15 @@ def epoch_batches(
     return mine, numbers[mine]
 
 
+def warp_strength(rows: int, mnist: int, strength: float) -> torch.Tensor:
+    """augment()'s strength per image (rows,) for a batch whose first `mnist` rows are MNIST's:
+    those at `strength`, the synthetic ones at 1. Its random draws do not depend on it, so at 1
+    this replays the batches of every run before --mnist-warp."""
+    per_row = torch.ones(rows)
+    per_row[:mnist] = strength
+    return per_row
+
+
 def roughen_batch(
     warped: torch.Tensor, mnist: int, share: float, generator: torch.Generator
 ) -> torch.Tensor:
@@ -224,7 +233,9 @@ def train_one_epoch(
                 pick = torch.randint(0, len(pool), (count,), generator=aug_generator)
                 images.append(pool.images[pick.to(pool.images.device)])
                 labels.append(pool.labels[pick.to(pool.labels.device)])
-        warped = augment(torch.cat(images), aug_generator)  # (B', 1, 28, 28)
+        stacked = torch.cat(images)  # (B', 1, 28, 28), MNIST's rows first
+        strength = warp_strength(len(stacked), len(batch), cfg.mnist_warp)
+        warped = augment(stacked, aug_generator, strength)
         image = roughen_batch(warped, len(batch), cfg.mnist_roughen, aug_generator)
         label = torch.cat(labels)  # (B',) digits, or NOT_A_DIGIT (-1)
         extra = torch.randint(0, 10, (len(label) - len(batch),), generator=aug_generator)

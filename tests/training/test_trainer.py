@@ -17,8 +17,8 @@ import torch
 from app import __version__
 from tests.conftest import REPO_ROOT, TEST_DATA_DIR
 from training import train as train_module
-from training.config import TrainConfig
-from training.data import MNIST_FILES, DataError, ensure_mnist, read_idx, roughen
+from training.config import TrainConfig, parse_args
+from training.data import MNIST_FILES, DataError, augment, ensure_mnist, read_idx, roughen
 from training.model import DigitSumNet, ModelConfig
 from training.train import main
 
@@ -197,6 +197,31 @@ def test_mnist_roughen_keeps_that_share_of_mnist_images_as_warped_only() -> None
     kept = untouched(batch(0.5))[:300].float().mean().item()
     assert alone < 0.6
     assert abs(kept - (0.5 + 0.5 * alone)) < 0.1
+
+
+def test_mnist_warp_scales_only_the_mnist_rows_and_draws_the_same_numbers() -> None:
+    images = torch.rand((40, 1, 28, 28), generator=torch.Generator().manual_seed(1))
+
+    def warp(strength: float | torch.Tensor) -> torch.Tensor:
+        return augment(images, torch.Generator().manual_seed(2), strength)
+
+    full, half, none = warp(1.0), warp(0.5), warp(0.0)
+    rows = warp(train_module.warp_strength(40, 30, 0.5))
+    assert torch.equal(warp(train_module.warp_strength(40, 30, 1.0)), full)  # earlier runs
+    assert torch.equal(rows[:30], half[:30])  # MNIST's rows at the strength asked for
+    assert torch.equal(rows[30:], full[30:])  # the synthetic rows as before
+    assert (none - images).abs().max() < 1e-4  # strength 0: no warp at all
+    assert (half - images).abs().mean() < (full - images).abs().mean()
+
+
+@pytest.mark.parametrize("flag", ["--mnist-warp", "--mnist-roughen"])
+def test_mnist_shares_outside_zero_to_one_are_refused(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert getattr(parse_args([flag, "0.25"]), flag[2:].replace("-", "_")) == 0.25
+    with pytest.raises(SystemExit):
+        parse_args([flag, "1.5"])
+    assert f"{flag} must be between 0 and 1" in capsys.readouterr().err
 
 
 def test_run_killed_mid_epoch_leaves_outputs_untouched_and_resumes(
