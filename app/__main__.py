@@ -75,6 +75,7 @@ def main() -> int:
             resolve_device(settings.device),
             settings.precision,
             settings.no_digit_threshold,
+            settings.cpu_engine,
         )
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="weights and activations on CUDA; half precision is CUDA-only"
     )
+    cpu_engine: Literal["onnxruntime", "torchscript"] = Field(
+        "onnxruntime",
+        description="what runs the forward pass on a CPU: ONNX Runtime (exported from the "
+        "checkpoint at start-up and checked against it) or the TorchScript module itself",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, one model each")

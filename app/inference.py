@@ -30,6 +30,7 @@ import torch
 
 from app import devices, metrics
 from app.admission import OVERLOADED_MESSAGE
+from app.engine import Engine, EngineError, OnnxForward, check_parity
 from app.errors import (
     InferenceTimeout,
     InternalError,
@@ -56,11 +57,16 @@ class Prediction(NamedTuple):
     no_digit: bool = False
 
 
+# The forward pass as the service runs it: the frozen TorchScript module, or its ONNX Runtime
+# twin on the CPU (app/engine.py); both are called the same way.
+Forward = torch.jit.ScriptModule | OnnxForward
+
+
 @dataclass
 class LoadedModel:
     """The checkpoint, ready on its device, with its card and the file's SHA-256."""
 
-    module: torch.jit.ScriptModule
+    module: Forward
     card: dict[str, Any]
     sha256: str
     device: torch.device
@@ -68,6 +74,7 @@ class LoadedModel:
     # Refuse an image as no_digit when sigmoid(not_digit_logit) reaches this; None: never (a
     # checkpoint without that head, or the setting turned off).
     no_digit_threshold: float | None = None
+    engine: Engine = "torchscript"
 
     @property
     def version(self) -> str:
@@ -142,11 +149,16 @@ def load_model(
     device: torch.device,
     precision: str = "fp32",
     no_digit_threshold: float | None = None,
+    cpu_engine: Engine = "onnxruntime",
 ) -> LoadedModel:
     """Load, check the contract with one forward pass, and optimise for inference.
 
     `no_digit_threshold` overrides the card's (`no_digit.threshold`, chosen on validation data
     when the model was trained); with neither, nothing is refused by the model.
+
+    On the CPU, `cpu_engine` "onnxruntime" runs the forward pass in ONNX Runtime, exported from
+    the file and checked against it (app/engine.py), with torch's intra-op thread count;
+    "torchscript" runs the frozen, optimised TorchScript module.
 
     Half precision (bf16/fp16) is for CUDA only, and offered with its measured agreement: the
     GPU check counts the answers it changes from fp32 on the whole MNIST test set
@@ -193,6 +205,16 @@ def load_model(
         raise ModelLoadError(f"{path} does not follow the digitsum contract: {exc}") from exc
     if not (0 <= p.digit <= 9 and 0 <= p.sum <= 18):
         raise ModelLoadError(f"{path} does not follow the digitsum contract (digit/sum range)")
+    if device.type == "cpu" and cpu_engine == "onnxruntime":
+        try:
+            model.module = OnnxForward(module, torch.get_num_threads())
+            check_parity(module, model.module)
+        except EngineError as exc:
+            raise ModelLoadError(
+                f"{path} on ONNX Runtime: {exc}; DIGITSUM_CPU_ENGINE=torchscript serves it "
+                "with TorchScript instead"
+            ) from exc
+        model.engine = "onnxruntime"
     return model
 
 

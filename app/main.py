@@ -65,6 +65,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             device,
             settings.precision,
             settings.no_digit_threshold,
+            settings.cpu_engine,
         )
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
@@ -99,6 +100,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "model": str(settings.model_path),
             "version": model.version,
             "device": str(device),
+            "engine": model.engine,
             "torch_threads": threads,
             "sha256": model.sha256[:16],
         },

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from app import engine
 from app.config import DEFAULT_MAX_IMAGE_PIXELS
 from app.errors import InferenceTimeout, InvalidImage, ModelLoadError, Overloaded
 from app.inference import Answer, DynamicBatcher, LoadedModel, load_model
@@ -34,6 +35,75 @@ def test_frozen_model_gives_the_same_outputs_as_the_file(
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
             if want.dim() == 2:  # the heads' logits; the not-digit logit is (B,)
                 assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+def test_torchscript_engine_gives_the_same_outputs_as_the_file(
+    shipped_model: torch.jit.ScriptModule, mnist_test: Split
+) -> None:
+    loaded = load_model(MODEL_PATH, torch.device("cpu"), cpu_engine="torchscript")
+    assert loaded.engine == "torchscript"
+    assert isinstance(loaded.module, torch.jit.ScriptModule)
+    images, numbers = mnist_test.images[:512], torch.arange(512) % 10
+    with torch.inference_mode():
+        for want, got in zip(
+            shipped_model(images, numbers), loaded.module(images, numbers), strict=True
+        ):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_onnxruntime_answers_as_torchscript_on_every_mnist_test_pair(
+    loaded: LoadedModel, mnist_test: Split
+) -> None:
+    """The engine the CPU serves with (the default) against the TorchScript module whose
+    figures the model card reports: the same digit, sum and refusal for all 10,000 test images,
+    each with a different number per image, and confidences within 1e-5 (float32 kernels that
+    sum in another order)."""
+    assert loaded.engine == "onnxruntime"
+    torchscript = load_model(MODEL_PATH, torch.device("cpu"), cpu_engine="torchscript")
+    images = mnist_test.images
+    for shift in (0, 3, 7):  # every image meets three of the ten numbers
+        numbers = (torch.arange(len(images)) + shift) % 10
+        got, want = loaded.predict(images, numbers), torchscript.predict(images, numbers)
+        assert [p[::2] for p in got] == [p[::2] for p in want]  # digit, sum, no_digit
+        worst = max(
+            max(
+                abs(a.digit_confidence - b.digit_confidence),
+                abs(a.sum_confidence - b.sum_confidence),
+            )
+            for a, b in zip(got, want, strict=True)
+        )
+        assert worst <= 1e-5
+
+
+def test_engine_that_differs_from_the_file_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = engine.OnnxForward.__call__
+
+    def off_by_a_little(
+        self: engine.OnnxForward, images: torch.Tensor, numbers: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        digit, total, not_digit = real(self, images, numbers)
+        digit[:, 3] += 0.01  # what a wrong graph, or a kernel gone wrong, would look like
+        return digit, total, not_digit
+
+    monkeypatch.setattr(engine.OnnxForward, "__call__", off_by_a_little)
+    with pytest.raises(
+        ModelLoadError, match=r"digit logits differ.*DIGITSUM_CPU_ENGINE=torchscript"
+    ):
+        load_model(MODEL_PATH, torch.device("cpu"))
+    assert load_model(MODEL_PATH, torch.device("cpu"), cpu_engine="torchscript").engine == (
+        "torchscript"
+    )
+
+
+def test_checkpoint_onnx_cannot_export_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def cannot(module: torch.jit.ScriptModule) -> bytes:
+        raise RuntimeError("Exporting the operator 'aten::something' is not supported")
+
+    monkeypatch.setattr(engine, "export_onnx", cannot)
+    with pytest.raises(ModelLoadError, match="cannot export it to ONNX: Exporting the operator"):
+        load_model(MODEL_PATH, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(
