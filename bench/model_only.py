@@ -5,7 +5,9 @@
 Variants: `eager` (training.model.DigitSumNet rebuilt from the file's card and weights),
 `torchscript` (the file as torch.jit.load gives it), `frozen` (torch.jit.freeze of it, BatchNorm
 folded) and `optimized` (torch.jit.optimize_for_inference of the frozen one, which on CPU may also
-convert convolutions to oneDNN). Prints one JSON object on stdout.
+convert convolutions to oneDNN: what the service runs with DIGITSUM_CPU_ENGINE=torchscript), and
+`onnxruntime` (CPU only: the file exported to ONNX and run by ONNX Runtime, as the service runs
+it by default, app/engine.py). Prints one JSON object on stdout.
 
 `int8` (CPU only, timed only when asked: `--variants optimized,int8 --int8-calibration
 ../shared/data`) is a probe of the next lever, not what the service runs: the eager model with
@@ -32,13 +34,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from app.devices import exact_fp32_on_cuda
+from app.engine import OnnxForward
 
 if TYPE_CHECKING:
     from training.model import DigitSumNet
 
 CARD_EXTRA_FILE = "metadata.json"
-VARIANTS = ("eager", "torchscript", "frozen", "optimized", "int8")
-DEFAULT_VARIANTS = VARIANTS[:4]
+VARIANTS = ("eager", "torchscript", "frozen", "optimized", "onnxruntime", "int8")
+DEFAULT_VARIANTS = VARIANTS[:5]
 CALIBRATION_IMAGES = 2048
 TEST_DATA = Path(__file__).resolve().parent.parent / "tests" / "data"  # MNIST's test split
 Model = Callable[[torch.Tensor, torch.Tensor], Any]
@@ -82,6 +85,11 @@ def load_variants(
             models["optimized"] = torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
     except Exception as exc:
         skipped["frozen/optimized"] = f"{type(exc).__name__}: {exc}"
+    if "onnxruntime" in wanted:
+        if device.type != "cpu":
+            skipped["onnxruntime"] = "CPU only (the service runs TorchScript on CUDA)"
+        else:
+            models["onnxruntime"] = OnnxForward(scripted, torch.get_num_threads())
     return models, skipped
 
 

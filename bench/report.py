@@ -27,7 +27,7 @@ BAR_LITSERVE_RATIO = 5.0  # ours / litserve req/s at 64 connections
 BAR_P50_DELTA_MS = 1.0  # ours p50 - limit p50 at 1 connection
 BAR_BATCH_RATIO = 0.6  # /predict/batch images/s over model-only images/s at the same batch size
 BAR_CONNECTIONS = 64
-EXPORTED_VARIANTS = ("torchscript", "frozen", "optimized")
+EXPORTED_VARIANTS = ("torchscript", "frozen", "optimized", "onnxruntime")
 
 
 def summarise(runs: Iterable[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
