@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -136,6 +136,9 @@ class ModelInfo(BaseModel):
     version: str
     sha256: str = Field(description="SHA-256 of the checkpoint file")
     device: str = Field(description="where this process runs the model")
+    engine: Literal["onnxruntime", "torchscript"] = Field(
+        description="what runs its forward pass (DIGITSUM_CPU_ENGINE on a CPU; TorchScript on CUDA)"
+    )
     card: dict[str, Any] = Field(description="the full card: metrics, training config, data")
 
 

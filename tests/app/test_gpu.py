@@ -55,7 +55,9 @@ def test_service_answers_from_the_gpu(mnist_test: Split) -> None:
     images = mnist_test.images[:64]
     want = cpu.predict(images, torch.arange(64) % 10)
     with TestClient(create_app(make_settings(device="cuda"))) as client:
-        assert client.get("/model").json()["device"].startswith("cuda")
+        model = client.get("/model").json()
+        assert model["device"].startswith("cuda")
+        assert model["engine"] == "torchscript"  # CUDA runs TorchScript whatever the setting
         response = client.post(
             "/predict/batch",
             files=[

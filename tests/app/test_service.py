@@ -36,6 +36,7 @@ def test_model_card_names_the_file_and_device(client: TestClient) -> None:
     body = response.json()
     assert body["sha256"] == hashlib.sha256(MODEL_PATH.read_bytes()).hexdigest()
     assert body["device"] == "cpu"
+    assert body["engine"] == "onnxruntime"  # the default on a CPU (DIGITSUM_CPU_ENGINE)
     assert body["card"]["metrics"]["digit_accuracy"] >= DIGIT_BAR
     assert body["version"] == body["card"]["version"]
 

@@ -19,5 +19,9 @@ router = APIRouter(tags=["model"])
 async def model_info(runtime: RuntimeDep) -> ModelInfo:
     model = runtime.model
     return ModelInfo(
-        version=model.version, sha256=model.sha256, device=str(model.device), card=model.card
+        version=model.version,
+        sha256=model.sha256,
+        device=str(model.device),
+        engine=model.engine,
+        card=model.card,
     )
