@@ -56,7 +56,7 @@ def test_onnxruntime_answers_as_torchscript_on_every_mnist_test_pair(
 ) -> None:
     """The engine the CPU serves with (the default) against the TorchScript module whose
     figures the model card reports: the same digit, sum and refusal for all 10,000 test images,
-    each with a different number per image, and confidences within 1e-5 (float32 kernels that
+    each with a different number per image, and confidences within 1e-4 (float32 kernels that
     sum in another order)."""
     assert loaded.engine == "onnxruntime"
     torchscript = load_model(MODEL_PATH, torch.device("cpu"), cpu_engine="torchscript")
@@ -72,7 +72,7 @@ def test_onnxruntime_answers_as_torchscript_on_every_mnist_test_pair(
             )
             for a, b in zip(got, want, strict=True)
         )
-        assert worst <= 1e-5
+        assert worst <= 1e-4
 
 
 def test_engine_that_differs_from_the_file_is_refused_at_load(
