@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, one model each")
     torch_threads: int = Field(
-        0, ge=0, description="intra-op threads; 0 = CPUs available / workers"
+        0,
+        ge=0,
+        description="intra-op threads (torch and ONNX Runtime); 0 = CPUs available / workers",
     )
     preprocess_threads: int = Field(0, ge=0, description="image decoding pool; 0 = CPUs available")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
