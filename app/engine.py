@@ -27,6 +27,8 @@ ONNX_OPSET = 17
 # Largest difference allowed between the two engines' logits on the probe images: float32
 # kernels that sum in another order differ by about 1e-5; a wrong graph differs by whole units.
 PARITY_ATOL = 1e-3
+# Probe images in the parity check: one batch of the size the batcher forms under load, so the
+# batched kernels are the ones compared; a few milliseconds at start-up.
 PROBE_IMAGES = 64
 
 
