@@ -41,6 +41,26 @@ def test_model_card_names_the_file_and_device(client: TestClient) -> None:
     assert body["version"] == body["card"]["version"]
 
 
+def test_torchscript_engine_is_a_setting_and_answers_alike(
+    client: TestClient, mnist_test: Split
+) -> None:
+    """DIGITSUM_CPU_ENGINE=torchscript serves the checkpoint's own module: the same answers,
+    confidences to their rounding, as the default engine."""
+    pngs = [mnist_png(mnist_test.images[i]) for i in range(16)]
+    files = [("images", (f"{i}.png", png, "image/png")) for i, png in enumerate(pngs)]
+    form = {"numbers": [str(i % 10) for i in range(16)]}
+    default = client.post("/predict/batch", files=files, data=form).json()["results"]
+    with TestClient(create_app(make_settings(cpu_engine="torchscript"))) as own:
+        assert own.get("/model").json()["engine"] == "torchscript"
+        theirs = own.post("/predict/batch", files=files, data=form).json()["results"]
+    assert [r["prediction"]["digit"] for r in theirs] == [r["prediction"]["digit"] for r in default]
+    assert [r["prediction"]["sum"] for r in theirs] == [r["prediction"]["sum"] for r in default]
+    for a, b in zip(theirs, default, strict=True):
+        assert a["prediction"]["digit_confidence"] == pytest.approx(
+            b["prediction"]["digit_confidence"], abs=1e-4
+        )
+
+
 def test_ready_gauge_follows_the_service() -> None:
     """digitsum_ready is 1 while a service is up and 0 once it has stopped. (Its own app: the
     gauge is the process's, and other tests' apps stopping set it too.)"""
