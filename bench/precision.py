@@ -1,6 +1,8 @@
-"""How often the service's answers change with the device and the precision: counts, not bars.
+"""How often the service's answers change with the device, the precision or the CPU engine:
+counts, not bars.
 
-    python -m bench.precision --data-dir tests/data     # needs CUDA; prints one JSON object
+    python -m bench.precision --data-dir tests/data            # needs CUDA; prints one JSON object
+    python -m bench.precision --data-dir tests/data --engines  # the CPU's two engines
 
 Every (image, number) pair of the MNIST test set (100,000 pairs, so 200,000 answers: the digit
 and the sum) goes through app.inference.LoadedModel.predict, the path the service runs, on the
@@ -9,6 +11,10 @@ from the CPU's is reported with the CPU's margin between its two best logits for
 near-tie (margin under NEAR_TIE) may fall either way under a different order of summation; a
 clear answer must not. Half precision is reported as it is (fp32 stays the service's default;
 DIGITSUM_PRECISION offers bf16/fp16 with these figures beside it, docs/gpu-check.md).
+
+`--engines` compares the CPU's two engines the same way, no CUDA needed: ONNX Runtime (the
+service's default, app/engine.py) against the TorchScript module (DIGITSUM_CPU_ENGINE=torchscript),
+with TorchScript's margins.
 """
 
 from __future__ import annotations
@@ -119,6 +125,25 @@ def measure(model_path: Path, split: Split) -> dict[str, Any]:
     return result
 
 
+def measure_engines(model_path: Path, split: Split) -> dict[str, Any]:
+    """On the CPU: ONNX Runtime's answers against the TorchScript module's."""
+    torchscript = load_model(model_path, torch.device("cpu"), cpu_engine="torchscript")
+    onnxruntime = load_model(model_path, torch.device("cpu"), cpu_engine="onnxruntime")
+    reference = answers(torchscript, split)
+    other = answers(onnxruntime, split)
+    return {
+        "pairs": len(split) * 10,
+        "answers": len(split) * 20,
+        "near_tie": NEAR_TIE,
+        "onnxruntime_vs_torchscript": {
+            "differ": differing(reference, other),
+            "largest_torchscript_margin_of_a_difference": largest_margin_of_a_difference(
+                reference, other, margins(torchscript, split)
+            ),
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -133,13 +158,19 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("tests/data"),
         help="folder holding MNIST/raw/t10k-*.gz (default: tests/data)",
     )
+    parser.add_argument(
+        "--engines",
+        action="store_true",
+        help="compare the CPU's engines (ONNX Runtime against TorchScript) instead; no CUDA",
+    )
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    if not args.engines and not torch.cuda.is_available():
         print("error: needs a CUDA device", file=sys.stderr)
         return 2
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit's deprecation notes
     folder = ensure_mnist(args.data_dir, splits=("t10k",), download=False)
-    json.dump(measure(args.model, load_split(folder, "t10k")), sys.stdout)
+    split = load_split(folder, "t10k")
+    json.dump((measure_engines if args.engines else measure)(args.model, split), sys.stdout)
     print()
     return 0
 

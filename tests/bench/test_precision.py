@@ -34,3 +34,9 @@ def test_a_difference_is_measured_by_the_references_margin() -> None:
         torch.tensor(0.0004).item()
     )
     assert precision.largest_margin_of_a_difference(reference, reference, gaps) == 0.0
+
+
+def test_the_cpu_engines_give_the_same_answers(mnist_test: Split) -> None:
+    result = precision.measure_engines(MODEL_PATH, mnist_test.head(50))
+    assert result["pairs"] == 500
+    assert result["onnxruntime_vs_torchscript"]["differ"] == 0
