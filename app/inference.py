@@ -74,11 +74,15 @@ class LoadedModel:
     # Refuse an image as no_digit when sigmoid(not_digit_logit) reaches this; None: never (a
     # checkpoint without that head, or the setting turned off).
     no_digit_threshold: float | None = None
-    engine: Engine = "torchscript"
 
     @property
     def version(self) -> str:
         return str(self.card.get("version", "unknown"))
+
+    @property
+    def engine(self) -> Engine:
+        """What runs the forward pass (app/engine.py)."""
+        return "onnxruntime" if isinstance(self.module, OnnxForward) else "torchscript"
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor, numbers: torch.Tensor) -> list[Prediction]:
@@ -214,7 +218,6 @@ def load_model(
                 f"{path} on ONNX Runtime: {exc}; DIGITSUM_CPU_ENGINE=torchscript serves it "
                 "with TorchScript instead"
             ) from exc
-        model.engine = "onnxruntime"
     return model
 
 
