@@ -100,6 +100,23 @@ def largest_margin_of_a_difference(
     return widest
 
 
+def _counts(split: Split) -> dict[str, Any]:
+    return {"pairs": len(split) * 10, "answers": len(split) * 20, "near_tie": NEAR_TIE}
+
+
+def _against(
+    reference_model: LoadedModel, reference: Answers, other: Answers, split: Split, name: str
+) -> dict[str, Any]:
+    """How many answers of `other` differ from `reference`, and the reference model's widest
+    margin among them (reported under `largest_{name}_margin_of_a_difference`)."""
+    return {
+        "differ": differing(reference, other),
+        f"largest_{name}_margin_of_a_difference": largest_margin_of_a_difference(
+            reference, other, margins(reference_model, split)
+        ),
+    }
+
+
 def measure(model_path: Path, split: Split) -> dict[str, Any]:
     """CPU fp32 as the reference; CUDA fp32 against it (with margins), bf16 and fp16 against
     CUDA fp32. Needs CUDA."""
@@ -109,15 +126,8 @@ def measure(model_path: Path, split: Split) -> dict[str, Any]:
     cuda_fp32 = answers(cuda, split)
     result: dict[str, Any] = {
         "device_name": torch.cuda.get_device_name(cuda.device),
-        "pairs": len(split) * 10,
-        "answers": len(split) * 20,
-        "near_tie": NEAR_TIE,
-        "cuda_fp32_vs_cpu": {
-            "differ": differing(reference, cuda_fp32),
-            "largest_cpu_margin_of_a_difference": largest_margin_of_a_difference(
-                reference, cuda_fp32, margins(cpu, split)
-            ),
-        },
+        **_counts(split),
+        "cuda_fp32_vs_cpu": _against(cpu, reference, cuda_fp32, split, "cpu"),
     }
     for precision in ("bf16", "fp16"):
         half = load_model(model_path, torch.device("cuda"), precision)
@@ -132,15 +142,8 @@ def measure_engines(model_path: Path, split: Split) -> dict[str, Any]:
     reference = answers(torchscript, split)
     other = answers(onnxruntime, split)
     return {
-        "pairs": len(split) * 10,
-        "answers": len(split) * 20,
-        "near_tie": NEAR_TIE,
-        "onnxruntime_vs_torchscript": {
-            "differ": differing(reference, other),
-            "largest_torchscript_margin_of_a_difference": largest_margin_of_a_difference(
-                reference, other, margins(torchscript, split)
-            ),
-        },
+        **_counts(split),
+        "onnxruntime_vs_torchscript": _against(torchscript, reference, other, split, "torchscript"),
     }
 
 
